@@ -1,0 +1,298 @@
+//! Command line and environment: one [`Config`] for `wsredis serve`, validated once.
+//!
+//! Every flag can also be given as a `WSREDIS_*` environment variable. The master parses and
+//! validates the config, then hands the very same value to each worker (serialized as JSON in
+//! the environment of the worker process), so a worker never re-interprets flags on its own.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+use serde::{Deserialize, Serialize};
+
+/// Which routes a pool of workers serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Pages, API and websockets on one port (standalone).
+    All,
+    /// Pages and API only; websocket upgrades get 404 (behind nginx, the HTTP pool).
+    Http,
+    /// Websockets only, plus health (behind nginx, the websocket pool).
+    Websocket,
+}
+
+impl Mode {
+    /// Whether this pool serves plain HTTP pages and the API.
+    pub fn serves_http(self) -> bool {
+        matches!(self, Mode::All | Mode::Http)
+    }
+
+    /// Whether this pool accepts websocket upgrades.
+    pub fn serves_websocket(self) -> bool {
+        matches!(self, Mode::All | Mode::Websocket)
+    }
+
+    /// The lowercase name used in logs and health answers.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::All => "all",
+            Mode::Http => "http",
+            Mode::Websocket => "websocket",
+        }
+    }
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One human-readable line per event.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Where the server listens.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BindAddr {
+    /// A TCP address such as `127.0.0.1:8000`.
+    Tcp(SocketAddr),
+    /// A unix socket path (`unix:/run/wsredis/ws.sock`).
+    Unix(PathBuf),
+}
+
+impl std::fmt::Display for BindAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BindAddr::Tcp(a) => write!(f, "{a}"),
+            BindAddr::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+/// Parse `--bind`: `HOST:PORT` or `unix:/path`.
+pub fn parse_bind(s: &str) -> Result<BindAddr, String> {
+    if let Some(path) = s.strip_prefix("unix:") {
+        if path.is_empty() {
+            return Err("unix: needs a socket path, e.g. unix:/run/wsredis/ws.sock".into());
+        }
+        return Ok(BindAddr::Unix(PathBuf::from(path)));
+    }
+    s.parse::<SocketAddr>()
+        .map(BindAddr::Tcp)
+        .map_err(|e| format!("`{s}` is not HOST:PORT or unix:/path ({e})"))
+}
+
+fn parse_octal_mode(s: &str) -> Result<u32, String> {
+    u32::from_str_radix(s.trim_start_matches("0o"), 8)
+        .ok()
+        .filter(|m| *m <= 0o777)
+        .ok_or_else(|| format!("`{s}` is not an octal file mode such as 660"))
+}
+
+fn parse_prefix(s: &str) -> Result<String, String> {
+    if s.starts_with('/') && s.ends_with('/') {
+        Ok(s.to_owned())
+    } else {
+        Err(format!("`{s}` must start and end with '/', e.g. /ws/"))
+    }
+}
+
+fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Everything `wsredis serve` needs. Shared by the master and (as JSON) by every worker.
+#[derive(Args, Clone, Debug, Serialize, Deserialize)]
+pub struct Config {
+    /// Address to listen on: HOST:PORT, or unix:/path/to.sock for nginx.
+    #[arg(long, env = "WSREDIS_BIND", default_value = "127.0.0.1:8000", value_parser = parse_bind)]
+    pub bind: BindAddr,
+
+    /// File mode of a unix socket given with --bind unix:..., in octal.
+    #[arg(long, env = "WSREDIS_SOCKET_MODE", default_value = "660", value_parser = parse_octal_mode)]
+    pub socket_mode: u32,
+
+    /// Number of worker processes [default: the number of CPUs].
+    #[arg(long, env = "WSREDIS_WORKERS", default_value_t = default_workers(), hide_default_value = true,
+          value_parser = clap::value_parser!(u16).range(1..=512).map(usize::from))]
+    pub workers: usize,
+
+    /// Which routes this pool serves: all (standalone), http (pages and API) or websocket.
+    #[arg(long, env = "WSREDIS_MODE", value_enum, default_value = "all")]
+    pub mode: Mode,
+
+    /// Seconds a stopping worker gets to finish requests and close websockets before it is killed.
+    #[arg(long, env = "WSREDIS_GRACEFUL_TIMEOUT", default_value_t = 30)]
+    pub graceful_timeout: u64,
+
+    /// A worker whose heartbeat is silent this many seconds is killed and replaced (0 = never).
+    #[arg(long, env = "WSREDIS_WORKER_TIMEOUT", default_value_t = 30)]
+    pub worker_timeout: u64,
+
+    /// Recycle a worker after this many HTTP requests (0 = never).
+    #[arg(long, env = "WSREDIS_MAX_REQUESTS", default_value_t = 0)]
+    pub max_requests: u64,
+
+    /// Add a random 0..=N to --max-requests per worker, so workers do not recycle together.
+    #[arg(long, env = "WSREDIS_MAX_REQUESTS_JITTER", default_value_t = 0)]
+    pub max_requests_jitter: u64,
+
+    /// Write the master's pid to this file (removed on exit).
+    #[arg(long, env = "WSREDIS_PID_FILE")]
+    pub pid_file: Option<PathBuf>,
+
+    /// Log line format.
+    #[arg(long, env = "WSREDIS_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+
+    /// Log filter in RUST_LOG syntax (e.g. `info,wsredis::ws=debug`); RUST_LOG is read too.
+    #[arg(long, env = "WSREDIS_LOG", default_value = "info")]
+    pub log: String,
+
+    /// Append logs to this file instead of stderr; SIGUSR1 reopens it (for logrotate).
+    #[arg(long, env = "WSREDIS_LOG_FILE")]
+    pub log_file: Option<PathBuf>,
+
+    /// URL prefix of websocket endpoints (django-websocket-redis: WEBSOCKET_URL).
+    #[arg(long, env = "WSREDIS_WEBSOCKET_URL", default_value = "/ws/", value_parser = parse_prefix)]
+    pub websocket_url: String,
+
+    /// Redis: redis://, rediss://, redis+unix:///path or redis-sentinel://.
+    #[arg(long, env = "WSREDIS_REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    pub redis_url: String,
+
+    /// Prefix of every Redis channel and key (django-websocket-redis: WS4REDIS_PREFIX).
+    #[arg(long, env = "WSREDIS_REDIS_PREFIX", default_value = "")]
+    pub redis_prefix: String,
+
+    /// Seconds a published message is kept for replay to sockets that connect later; 0 = off
+    /// (django-websocket-redis: WS4REDIS_EXPIRE).
+    #[arg(long, env = "WSREDIS_EXPIRE", default_value_t = 3600)]
+    pub expire: u64,
+
+    /// Application heartbeat string sent to each socket and never published when received
+    /// (django-websocket-redis: WS4REDIS_HEARTBEAT).
+    #[arg(long, env = "WSREDIS_HEARTBEAT")]
+    pub heartbeat: Option<String>,
+
+    /// Seconds between application heartbeats.
+    #[arg(long, env = "WSREDIS_HEARTBEAT_INTERVAL", default_value_t = 4)]
+    pub heartbeat_interval: u64,
+
+    /// Seconds between protocol-level pings; a socket silent for two intervals is closed.
+    #[arg(long, env = "WSREDIS_PING_INTERVAL", default_value_t = 20)]
+    pub ping_interval: u64,
+
+    /// Largest websocket message accepted from a client, in bytes (larger: close 1009).
+    #[arg(long, env = "WSREDIS_MAX_MESSAGE_SIZE", default_value_t = 64 * 1024)]
+    pub max_message_size: usize,
+
+    /// Most messages queued for one socket; a socket that falls further behind is closed (1013).
+    #[arg(long, env = "WSREDIS_SEND_QUEUE", default_value_t = 1024)]
+    pub send_queue: usize,
+
+    /// Most open connections per worker; further websocket upgrades get 503.
+    #[arg(long, env = "WSREDIS_MAX_CONNECTIONS", default_value_t = 50_000)]
+    pub max_connections: usize,
+
+    /// Origins allowed to open websockets (comma-separated, `*` for any); empty = same origin.
+    #[arg(long, env = "WSREDIS_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
+
+    /// Database of users and groups: sqlite://path or postgres://...
+    #[arg(long, env = "WSREDIS_DATABASE_URL", default_value = "sqlite://var/wsredis.sqlite3")]
+    pub database_url: String,
+
+    /// Redis key prefix of web-app sessions.
+    #[arg(long, env = "WSREDIS_SESSION_PREFIX", default_value = "wsredis:session:")]
+    pub session_prefix: String,
+
+    /// Seconds a session lives without use.
+    #[arg(long, env = "WSREDIS_SESSION_TTL", default_value_t = 1_209_600)]
+    pub session_ttl: u64,
+
+    /// Proxies whose X-Forwarded-For / X-Forwarded-Proto are trusted (comma-separated IPs).
+    #[arg(long, env = "WSREDIS_TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Vec<std::net::IpAddr>,
+
+    /// Address of the master's aggregated Prometheus endpoint (`off` to disable).
+    #[arg(long, env = "WSREDIS_METRICS_BIND", default_value = "127.0.0.1:9100")]
+    pub metrics_bind: String,
+}
+
+impl Config {
+    /// Graceful stop deadline.
+    pub fn graceful(&self) -> Duration {
+        Duration::from_secs(self.graceful_timeout)
+    }
+
+    /// Check what clap cannot check field by field.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.send_queue == 0 {
+            return Err(ConfigError::Invalid("--send-queue must be at least 1".into()));
+        }
+        if self.max_message_size < 125 {
+            return Err(ConfigError::Invalid(
+                "--max-message-size must be at least 125 bytes".into(),
+            ));
+        }
+        if self.heartbeat.as_deref() == Some("") {
+            return Err(ConfigError::Invalid("--heartbeat must not be empty".into()));
+        }
+        if self.heartbeat_interval == 0 || self.ping_interval == 0 {
+            return Err(ConfigError::Invalid(
+                "--heartbeat-interval and --ping-interval must be at least 1 second".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Serialize for a worker's environment.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("Config is plain data")
+    }
+
+    /// Read back what [`Config::to_json`] wrote.
+    pub fn from_json(s: &str) -> Result<Self, ConfigError> {
+        serde_json::from_str(s).map_err(|e| ConfigError::Invalid(format!("worker config: {e}")))
+    }
+}
+
+/// A configuration that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A value is out of range or inconsistent with another.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bind_accepts_tcp_and_unix() {
+        assert_eq!(
+            parse_bind("127.0.0.1:8000").unwrap(),
+            BindAddr::Tcp("127.0.0.1:8000".parse().unwrap())
+        );
+        assert_eq!(
+            parse_bind("unix:/tmp/a.sock").unwrap(),
+            BindAddr::Unix("/tmp/a.sock".into())
+        );
+        assert!(parse_bind("unix:").is_err());
+        assert!(parse_bind("localhost").is_err());
+    }
+
+    #[test]
+    fn modes_and_prefix() {
+        assert_eq!(parse_octal_mode("660").unwrap(), 0o660);
+        assert!(parse_octal_mode("999").is_err());
+        assert!(parse_prefix("/ws/").is_ok());
+        assert!(parse_prefix("ws").is_err());
+        assert!(Mode::Http.serves_http() && !Mode::Http.serves_websocket());
+    }
+}

@@ -1,0 +1,2 @@
+//! The `wsredis` binary: parse the command line and dispatch.
+fn main() {}
