@@ -162,7 +162,11 @@ pub struct Config {
     pub websocket_url: String,
 
     /// Redis: redis://, rediss://, redis+unix:///path or redis-sentinel://.
-    #[arg(long, env = "WSREDIS_REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    #[arg(
+        long,
+        env = "WSREDIS_REDIS_URL",
+        default_value = "redis://127.0.0.1:6379"
+    )]
     pub redis_url: String,
 
     /// Prefix of every Redis channel and key (django-websocket-redis: WS4REDIS_PREFIX).
@@ -204,11 +208,19 @@ pub struct Config {
     pub allowed_origins: Vec<String>,
 
     /// Database of users and groups: sqlite://path or postgres://...
-    #[arg(long, env = "WSREDIS_DATABASE_URL", default_value = "sqlite://var/wsredis.sqlite3")]
+    #[arg(
+        long,
+        env = "WSREDIS_DATABASE_URL",
+        default_value = "sqlite://var/wsredis.sqlite3"
+    )]
     pub database_url: String,
 
     /// Redis key prefix of web-app sessions.
-    #[arg(long, env = "WSREDIS_SESSION_PREFIX", default_value = "wsredis:session:")]
+    #[arg(
+        long,
+        env = "WSREDIS_SESSION_PREFIX",
+        default_value = "wsredis:session:"
+    )]
     pub session_prefix: String,
 
     /// Seconds a session lives without use.
@@ -233,7 +245,9 @@ impl Config {
     /// Check what clap cannot check field by field.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.send_queue == 0 {
-            return Err(ConfigError::Invalid("--send-queue must be at least 1".into()));
+            return Err(ConfigError::Invalid(
+                "--send-queue must be at least 1".into(),
+            ));
         }
         if self.max_message_size < 125 {
             return Err(ConfigError::Invalid(

@@ -2,7 +2,21 @@
 //! django-websocket-redis, and the demo chat web app around it.
 //!
 //! # Layout
+//! - [`cli`]: subcommands and arguments.
 //! - [`config`]: the one `Config` of `wsredis serve`, from flags and `WSREDIS_*` variables.
+//! - [`logging`]: text or JSON lines naming their process; reopened on SIGUSR1.
+//! - [`supervisor`]: the master: listener, signals, worker table. No runtime, one thread.
+//! - [`worker`]: a worker process: runtime after exec, the `serve` seam, draining.
+//! - [`http`]: routing by mode, health, responses and status mapping.
+//! - [`ws`]: websocket handshake and sessions.
+//!
+//! Data flows one way: master → worker → router → (page | socket) → bus → Redis.
 #![warn(missing_docs)]
 
+pub mod cli;
 pub mod config;
+pub mod http;
+pub mod logging;
+pub mod supervisor;
+pub mod worker;
+pub mod ws;

@@ -1,0 +1,91 @@
+//! A worker process: its own tokio runtime, built after exec, serving the shared socket.
+//!
+//! The master starts `wsredis worker` with the listener and control pipe inherited (see
+//! `supervisor::children`). The worker builds a current-thread runtime (one worker per core is
+//! the pool's parallelism), adopts the listener, reports ready, and serves until SIGTERM, when
+//! it drains: stop accepting, finish requests in flight, Close 1001 to every websocket, exit.
+
+pub mod control;
+pub mod net;
+mod serve;
+pub mod state;
+
+pub use serve::serve;
+pub use state::{App, Counters};
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::config::{BindAddr, Config};
+use crate::supervisor::{self, Control};
+use control::ControlPipe;
+
+/// Exit status of a worker that could not start (the master backs off on repeats).
+const EXIT_STARTUP: u8 = 3;
+
+/// The `wsredis worker` entry point: everything after exec.
+pub fn main(id: usize, config: Config) -> ExitCode {
+    let Some((listen_fd, control_fd)) = supervisor::inherited_fds() else {
+        tracing::error!("`wsredis worker` is started by the master; use `wsredis serve`");
+        return ExitCode::from(EXIT_STARTUP);
+    };
+    if let Ok(master) = std::env::var(supervisor::ENV_MASTER_PID)
+        && nix::unistd::getppid().as_raw().to_string() != master
+    {
+        return ExitCode::from(EXIT_STARTUP);
+    }
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot build the runtime");
+            return ExitCode::from(EXIT_STARTUP);
+        }
+    };
+    let control = ControlPipe::new(control_fd);
+    runtime.block_on(async move {
+        tokio::spawn(control.clone().heartbeat());
+        let unix = matches!(config.bind, BindAddr::Unix(_));
+        let listener = match net::Listener::from_fd(listen_fd, unix) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot adopt the listening socket");
+                return ExitCode::from(EXIT_STARTUP);
+            }
+        };
+        let app = match App::start(id, config, control.clone()).await {
+            Ok(app) => Arc::new(app),
+            Err(e) => {
+                tracing::error!(error = %e, "worker start-up failed");
+                return ExitCode::from(EXIT_STARTUP);
+            }
+        };
+        let mut term = match signal(SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot watch SIGTERM");
+                return ExitCode::from(EXIT_STARTUP);
+            }
+        };
+        tokio::spawn(reopen_logs_on_usr1());
+        control.send(Control::Ready);
+        serve(listener, app, async move {
+            term.recv().await;
+        })
+        .await;
+        ExitCode::SUCCESS
+    })
+}
+
+async fn reopen_logs_on_usr1() {
+    let Ok(mut usr1) = signal(SignalKind::user_defined1()) else {
+        return;
+    };
+    while usr1.recv().await.is_some() {
+        crate::logging::reopen();
+    }
+}
