@@ -10,10 +10,11 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::sync::Notify;
+use tokio_util::task::TaskTracker;
 
 use super::net::Listener;
 use super::state::{App, Gauge};
@@ -26,14 +27,15 @@ const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
 /// Serve `listener` until `shutdown` resolves, then drain.
 pub async fn serve(listener: Listener, app: Arc<App>, shutdown: impl Future<Output = ()>) {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = http1::Builder::new();
     builder
-        .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT)
         .keep_alive(true);
-    let builder = builder.http1_only();
-    let graceful = GracefulShutdown::new();
+    // hyper stops tracking a connection once it upgrades, and hyper-util's graceful helper
+    // drops connections whose first bytes have not arrived yet; so connections are tracked
+    // here, and each one is told to finish its current request when the worker drains.
+    let connections = TaskTracker::new();
     tokio::pin!(shutdown);
     tracing::info!(mode = app.config.mode.as_str(), "worker serving");
     loop {
@@ -52,17 +54,37 @@ pub async fn serve(listener: Listener, app: Arc<App>, shutdown: impl Future<Outp
             () = &mut shutdown => break,
         };
         let app2 = app.clone();
+        let first_request = Arc::new(Notify::new());
+        let started = first_request.clone();
         let svc = service_fn(move |req| {
             let app = app2.clone();
+            started.notify_one();
             async move { Ok::<_, Infallible>(http::handle(app, req, peer).await) }
         });
         let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), svc)
-            .into_owned();
-        let conn = graceful.watch(conn);
+            .serve_connection(TokioIo::new(stream), svc)
+            .with_upgrades();
         let gauge = Gauge::enter(&app, |c| &c.http_open);
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
+        let drain = app.shutdown.clone();
+        connections.spawn(async move {
+            tokio::pin!(conn);
+            let result = tokio::select! {
+                r = conn.as_mut() => r,
+                () = drain.cancelled() => {
+                    // hyper closes a connection whose first request has not arrived yet; a
+                    // client that connected before the drain must still get its answer.
+                    // (notify_one stores a permit, so a request already started counts.)
+                    let first = tokio::time::timeout(HEADER_READ_TIMEOUT, first_request.notified());
+                    tokio::select! {
+                        r = conn.as_mut() => r,
+                        _ = first => {
+                            conn.as_mut().graceful_shutdown();
+                            conn.await
+                        }
+                    }
+                }
+            };
+            if let Err(e) = result {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
             drop(gauge);
@@ -76,8 +98,9 @@ pub async fn serve(listener: Listener, app: Arc<App>, shutdown: impl Future<Outp
     tracing::info!(websockets = open_ws, "draining");
     app.shutdown.cancel();
     app.sessions.close();
+    connections.close();
     let drained = tokio::time::timeout(app.config.graceful(), async {
-        tokio::join!(graceful.shutdown(), app.sessions.wait());
+        tokio::join!(connections.wait(), app.sessions.wait());
     })
     .await;
     match drained {

@@ -92,7 +92,8 @@ impl RedisServer {
         self.child = Some(child);
         let port = self.port;
         assert!(
-            wait_until(Duration::from_secs(10), || self.cli(&["PING"]).trim() == "PONG"),
+            wait_until(Duration::from_secs(10), || self.cli(&["PING"]).trim()
+                == "PONG"),
             "redis-server on port {port} did not start"
         );
     }
@@ -124,4 +125,19 @@ fn rand_suffix() -> u64 {
         .unwrap()
         .subsec_nanos() as u64;
     nanos ^ (N.fetch_add(1, Ordering::Relaxed) << 32)
+}
+pub mod server;
+
+/// Async [`wait_until`]: polls `cond` every 10 ms without blocking the test's runtime.
+pub async fn eventually(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }

@@ -1,0 +1,251 @@
+//! The master and its workers, as real processes on real sockets: pool size, crash
+//! replacement, graceful stop with websockets open, rolling reload under load, TTIN/TTOU,
+//! and start-up errors. The master must stay a single thread throughout.
+
+mod common;
+
+use std::collections::HashSet;
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use common::eventually;
+use common::server::{Server, binary, health, request};
+use futures_util::StreamExt;
+use nix::sys::signal::Signal;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+/// Requests on fresh connections in a loop until `stop`; counts successes and failures.
+fn load(addr: String, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<(usize, Vec<String>)> {
+    tokio::spawn(async move {
+        let mut ok = 0;
+        let mut failed = Vec::new();
+        while !stop.load(Ordering::Relaxed) {
+            match request(&addr, "GET", "/healthz").await {
+                Ok(r) if r.status == 200 => ok += 1,
+                Ok(r) => failed.push(format!("status {}", r.status)),
+                Err(e) => failed.push(e),
+            }
+        }
+        (ok, failed)
+    })
+}
+
+#[tokio::test]
+async fn four_workers_share_the_port() {
+    let server = Server::start(&["--workers", "4"]);
+    assert_eq!(server.worker_pids().len(), 4);
+    assert_eq!(server.master_threads(), 1);
+    let mut seen = HashSet::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while seen.len() < 2 && Instant::now() < deadline {
+        let h = health(&server.base()).await.unwrap();
+        assert_eq!(h["mode"], "all");
+        seen.insert(h["pid"].as_i64().unwrap() as i32);
+    }
+    assert!(seen.len() >= 2, "only one worker answered: {seen:?}");
+    let workers: HashSet<i32> = server.worker_pids().into_iter().collect();
+    assert!(seen.is_subset(&workers), "answers came from non-workers");
+}
+
+#[tokio::test]
+async fn killed_worker_is_replaced_and_port_keeps_answering() {
+    let server = Server::start(&["--workers", "2"]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let loader = load(server.base(), stop.clone());
+    let before = server.worker_pids();
+    let victim = before[0];
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(victim), Signal::SIGKILL).unwrap();
+    let t0 = Instant::now();
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            let now = server.worker_pids();
+            now.len() == 2 && !now.contains(&victim)
+        })
+        .await
+    );
+    let replaced_in = t0.elapsed();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop.store(true, Ordering::Relaxed);
+    let (ok, failed) = loader.await.unwrap();
+    println!("replacement appeared after {replaced_in:?}; {ok} requests ok during the crash");
+    assert!(failed.is_empty(), "failed requests: {failed:?}");
+    assert!(ok > 0);
+    assert_eq!(server.master_threads(), 1);
+}
+
+#[tokio::test]
+async fn term_closes_websockets_with_1001_and_exits_zero() {
+    let mut server = Server::start(&["--workers", "2", "--graceful-timeout", "10"]);
+    let mut clients = Vec::new();
+    for _ in 0..6 {
+        let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws/echo", server.base()))
+            .await
+            .unwrap();
+        clients.push(ws);
+    }
+    let workers = server.worker_pids();
+    let t0 = Instant::now();
+    server.signal(Signal::SIGTERM);
+    for ws in &mut clients {
+        let msg = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("a close frame within the grace period");
+        match msg {
+            Some(Ok(Message::Close(Some(frame)))) => assert_eq!(frame.code, CloseCode::Away),
+            other => panic!("expected Close 1001, got {other:?}"),
+        }
+    }
+    let status = server
+        .wait_exit(Duration::from_secs(10))
+        .expect("master exits");
+    println!("master exited after {:?}", t0.elapsed());
+    assert!(status.success(), "exit status {status:?}");
+    for w in workers {
+        assert!(
+            !std::path::Path::new(&format!("/proc/{w}")).exists()
+                || std::fs::read_to_string(format!("/proc/{w}/stat"))
+                    .is_ok_and(|s| s.contains(") Z ")),
+            "worker {w} left behind"
+        );
+    }
+}
+
+#[tokio::test]
+async fn hup_replaces_every_worker_without_failed_requests() {
+    let server = Server::start(&["--workers", "2"]);
+    let before: HashSet<i32> = server.worker_pids().into_iter().collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let loaders: Vec<_> = (0..4).map(|_| load(server.base(), stop.clone())).collect();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    server.signal(Signal::SIGHUP);
+    assert!(
+        eventually(Duration::from_secs(15), || {
+            let now = server.worker_pids();
+            now.len() == 2 && now.iter().all(|p| !before.contains(p))
+        })
+        .await,
+        "not every worker was replaced: before {before:?}, now {:?}",
+        server.worker_pids()
+    );
+    assert_eq!(server.master_threads(), 1);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut total = 0;
+    for l in loaders {
+        let (ok, failed) = l.await.unwrap();
+        assert!(
+            failed.is_empty(),
+            "failed requests during reload: {failed:?}"
+        );
+        total += ok;
+    }
+    println!("{total} requests during the reload, none failed");
+    assert!(total > 0);
+}
+
+#[tokio::test]
+async fn ttin_and_ttou_change_the_worker_count() {
+    let server = Server::start(&["--workers", "2"]);
+    server.signal(Signal::SIGTTIN);
+    assert!(eventually(Duration::from_secs(5), || server.worker_pids().len() == 3).await);
+    // Standard signals sent back to back coalesce, so wait for each one to take effect.
+    for want in [2, 1] {
+        server.signal(Signal::SIGTTOU);
+        assert!(
+            eventually(Duration::from_secs(10), || server.worker_pids().len()
+                == want)
+            .await
+        );
+    }
+    assert_eq!(server.master_threads(), 1);
+    assert!(health(&server.base()).await.is_ok());
+}
+
+#[tokio::test]
+async fn max_requests_recycles_a_worker_without_losing_capacity() {
+    let server = Server::start(&["--workers", "1", "--max-requests", "20"]);
+    let first = server.worker_pids();
+    let served = AtomicUsize::new(0);
+    for _ in 0..40 {
+        let r = request(&server.base(), "GET", "/healthz").await.unwrap();
+        assert_eq!(r.status, 200);
+        served.fetch_add(1, Ordering::Relaxed);
+    }
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            let now = server.worker_pids();
+            now.len() == 1 && now != first
+        })
+        .await
+    );
+}
+
+#[tokio::test]
+async fn plain_get_on_websocket_url_says_to_upgrade() {
+    let server = Server::start(&["--workers", "1"]);
+    let r = request(&server.base(), "GET", "/ws/foobar").await.unwrap();
+    assert_eq!(r.status, 400);
+    assert!(r.body.contains("must upgrade to a websocket"), "{}", r.body);
+    // The upgraded socket echoes until the websocket issue's session replaces it.
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws/foobar", server.base()))
+        .await
+        .unwrap();
+    futures_util::SinkExt::send(&mut ws, Message::text("hello"))
+        .await
+        .unwrap();
+    let got = ws.next().await.unwrap().unwrap();
+    assert_eq!(got, Message::text("hello"));
+}
+
+#[tokio::test]
+async fn modes_split_pages_and_websockets() {
+    let http = Server::start(&["--workers", "1", "--mode", "http"]);
+    let r = tokio_tungstenite::connect_async(format!("ws://{}/ws/foo", http.base())).await;
+    assert!(r.is_err(), "the http pool must refuse websocket upgrades");
+    let ws = Server::start(&["--workers", "1", "--mode", "websocket"]);
+    assert_eq!(request(&ws.base(), "GET", "/").await.unwrap().status, 404);
+    assert!(
+        tokio_tungstenite::connect_async(format!("ws://{}/ws/foo", ws.base()))
+            .await
+            .is_ok()
+    );
+    assert_eq!(health(&ws.base()).await.unwrap()["mode"], "websocket");
+}
+
+#[test]
+fn bad_flag_and_address_in_use_fail_with_one_line() {
+    let out = Command::new(binary())
+        .args(["serve", "--no-such-flag"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("--no-such-flag"), "{err}");
+
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = Command::new(binary())
+        .args([
+            "serve",
+            "--workers",
+            "1",
+            "--metrics-bind",
+            "off",
+            "--bind",
+            &addr,
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    let last = err.trim().lines().last().unwrap_or_default().to_owned();
+    assert!(last.contains(&addr) && last.contains("in use"), "{err}");
+    assert!(
+        out.stdout.is_empty(),
+        "nothing but logs, and logs go to stderr"
+    );
+}
