@@ -7,6 +7,7 @@
 //! - [`logging`]: text or JSON lines naming their process; reopened on SIGUSR1.
 //! - [`supervisor`]: the master: listener, signals, worker table. No runtime, one thread.
 //! - [`worker`]: a worker process: runtime after exec, the `serve` seam, draining.
+//! - [`metrics`]: per-worker slots in shared memory; the master's aggregated exposition.
 //! - [`http`]: routing by mode, health, responses and status mapping.
 //! - [`ws`]: websocket handshake and sessions.
 //!
@@ -17,6 +18,7 @@ pub mod cli;
 pub mod config;
 pub mod http;
 pub mod logging;
+pub mod metrics;
 pub mod supervisor;
 pub mod worker;
 pub mod ws;

@@ -249,3 +249,58 @@ fn bad_flag_and_address_in_use_fail_with_one_line() {
         "nothing but logs, and logs go to stderr"
     );
 }
+
+#[tokio::test]
+async fn master_metrics_aggregate_workers_and_never_go_backwards() {
+    let metrics = format!("127.0.0.1:{}", common::free_port());
+    let server = Server::start(&["--workers", "2", "--metrics-bind", &metrics]);
+    for _ in 0..50 {
+        assert_eq!(
+            request(&server.base(), "GET", "/healthz")
+                .await
+                .unwrap()
+                .status,
+            200
+        );
+    }
+    let healthz = r#"wsredis_http_requests_total{route="healthz",status="2xx"}"#;
+    let text = common::server::scrape(&metrics).await;
+    let before = common::server::sample(&text, healthz).unwrap();
+    assert!(before >= 50.0, "{text}");
+    assert_eq!(
+        common::server::sample(&text, r#"wsredis_workers{pool="all"}"#),
+        Some(2.0)
+    );
+    assert_eq!(
+        text.matches("# TYPE wsredis_http_requests_total").count(),
+        1
+    );
+
+    // A worker dies: its counts stay in the total, and the restart is counted.
+    let victim = server.worker_pids()[0];
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(victim), Signal::SIGKILL).unwrap();
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            let now = server.worker_pids();
+            now.len() == 2 && !now.contains(&victim)
+        })
+        .await
+    );
+    let text = common::server::scrape(&metrics).await;
+    let after = common::server::sample(&text, healthz).unwrap();
+    assert!(
+        after >= before,
+        "counter went backwards: {before} -> {after}"
+    );
+    assert_eq!(
+        common::server::sample(&text, r#"wsredis_worker_restarts_total{cause="crash"}"#),
+        Some(1.0)
+    );
+    assert!(text.contains("wsredis_worker_resident_memory_bytes{worker="));
+    let t0 = Instant::now();
+    for _ in 0..20 {
+        common::server::scrape(&metrics).await;
+    }
+    println!("20 scrapes took {:?}", t0.elapsed());
+    assert_eq!(server.master_threads(), 1);
+}

@@ -11,7 +11,7 @@ use crate::worker::App;
 
 /// The health answer of the worker that took the request.
 pub fn healthz(app: &Arc<App>) -> Response {
-    let c = &app.counters;
+    let c = app.slot;
     json(
         StatusCode::OK,
         &json!({
@@ -22,7 +22,7 @@ pub fn healthz(app: &Arc<App>) -> Response {
             "uptime_seconds": app.started.elapsed().as_secs_f64(),
             "http_connections": c.http_open.load(Ordering::Relaxed),
             "websocket_connections": c.ws_open.load(Ordering::Relaxed),
-            "requests": c.requests.load(Ordering::Relaxed),
+            "requests": app.requests.load(Ordering::Relaxed),
         }),
     )
 }

@@ -7,6 +7,7 @@ pub mod health;
 pub mod response;
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use http::{Method, StatusCode};
 use hyper::Request;
@@ -17,25 +18,48 @@ use crate::worker::net::Peer;
 use crate::ws;
 use response::Response;
 
-/// Answer one request.
+/// Which row of the HTTP metrics a request counts in (index into `metrics::slots::ROUTES`).
+#[derive(Clone, Copy, Debug)]
+enum Route {
+    Health = 0,
+    Websocket = 1,
+    Page = 2,
+    Other = 6,
+}
+
+/// Answer one request, and count it in the worker's metrics.
 pub async fn handle(app: Arc<App>, req: Request<Incoming>, peer: Peer) -> Response {
+    let started = Instant::now();
     app.count_request();
+    let (route, resp) = dispatch(&app, req, peer).await;
+    app.slot
+        .http(route as usize, resp.status().as_u16(), started.elapsed());
+    resp
+}
+
+async fn dispatch(app: &Arc<App>, req: Request<Incoming>, peer: Peer) -> (Route, Response) {
     let path = req.uri().path();
     let mode = app.config.mode;
     if path == "/healthz" {
-        return health::healthz(&app);
+        return (Route::Health, health::healthz(app));
     }
     if path.starts_with(app.config.websocket_url.as_str()) {
         if !mode.serves_websocket() {
-            return response::not_found("websockets are served by the websocket pool\n");
+            let r = response::not_found("websockets are served by the websocket pool\n");
+            return (Route::Websocket, r);
         }
-        return ws::upgrade(app, req, peer).await;
+        return (Route::Websocket, ws::upgrade(app.clone(), req, peer).await);
     }
     if !mode.serves_http() {
-        return response::not_found("this pool serves websockets only\n");
+        return (
+            Route::Other,
+            response::not_found("this pool serves websockets only\n"),
+        );
     }
     match (req.method(), path) {
-        (&Method::GET | &Method::HEAD, "/") => response::text(StatusCode::OK, "wsredis\n"),
-        _ => response::not_found("not found\n"),
+        (&Method::GET | &Method::HEAD, "/") => {
+            (Route::Page, response::text(StatusCode::OK, "wsredis\n"))
+        }
+        _ => (Route::Other, response::not_found("not found\n")),
     }
 }

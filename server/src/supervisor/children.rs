@@ -22,6 +22,8 @@ use crate::config::Config;
 pub const LISTEN_FD: RawFd = 3;
 /// The fd number of the control pipe (worker → master) in a worker.
 pub const CONTROL_FD: RawFd = 4;
+/// The fd number of the shared metric slots (a memfd) in a worker.
+pub const METRICS_FD: RawFd = 5;
 /// Environment variable carrying the worker's slot number.
 pub const ENV_WORKER_ID: &str = "WSREDIS_WORKER_ID";
 /// Environment variable carrying the master's validated config as JSON.
@@ -44,6 +46,7 @@ pub(super) fn spawn(
     id: usize,
     config_json: &str,
     listener: BorrowedFd<'_>,
+    metrics: BorrowedFd<'_>,
 ) -> io::Result<Spawned> {
     let (read, write) = pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)?;
     // The worker writes with blocking semantics handled by its own runtime; it makes the fd
@@ -51,6 +54,7 @@ pub(super) fn spawn(
     nix::fcntl::fcntl(&write, nix::fcntl::FcntlArg::F_SETFL(OFlag::empty()))?;
     let listen_raw = listener.as_raw_fd();
     let control_raw = write.as_raw_fd();
+    let metrics_raw = metrics.as_raw_fd();
     let master = std::process::id();
 
     let mut cmd = Command::new(exe);
@@ -67,10 +71,13 @@ pub(super) fn spawn(
             // Move both fds out of the way first, so placing one cannot clobber the other.
             let l = cvt(libc::fcntl(listen_raw, libc::F_DUPFD, 10))?;
             let c = cvt(libc::fcntl(control_raw, libc::F_DUPFD, 10))?;
+            let m = cvt(libc::fcntl(metrics_raw, libc::F_DUPFD, 10))?;
             cvt(libc::dup2(l, LISTEN_FD))?;
             cvt(libc::dup2(c, CONTROL_FD))?;
+            cvt(libc::dup2(m, METRICS_FD))?;
             libc::close(l);
             libc::close(c);
+            libc::close(m);
             // Die with the master: no orphaned workers. Then close the race where the master
             // died before prctl took effect.
             cvt(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM))?;
@@ -107,11 +114,22 @@ pub(super) fn config_json(config: &Config) -> String {
     config.to_json()
 }
 
-/// In a worker: take ownership of the fds the master placed at [`LISTEN_FD`] and
-/// [`CONTROL_FD`]. Returns None when the process was not started as a worker (fds absent).
-pub fn inherited_fds() -> Option<(OwnedFd, OwnedFd)> {
+/// The fds a worker inherits from the master.
+#[derive(Debug)]
+pub struct Inherited {
+    /// The listening socket.
+    pub listener: OwnedFd,
+    /// The control pipe's write end.
+    pub control: OwnedFd,
+    /// The metric slots' memfd.
+    pub metrics: OwnedFd,
+}
+
+/// In a worker: take ownership of the fds the master placed at [`LISTEN_FD`],
+/// [`CONTROL_FD`] and [`METRICS_FD`]. None when not started as a worker (fds absent).
+pub fn inherited_fds() -> Option<Inherited> {
     use std::os::fd::FromRawFd;
-    for fd in [LISTEN_FD, CONTROL_FD] {
+    for fd in [LISTEN_FD, CONTROL_FD, METRICS_FD] {
         // fcntl(F_GETFD) only asks whether the fd is open; it changes nothing.
         nix::fcntl::fcntl(
             // SAFETY: borrowed for the duration of this call only; an unopened fd makes fcntl
@@ -124,9 +142,10 @@ pub fn inherited_fds() -> Option<(OwnedFd, OwnedFd)> {
     // SAFETY: the master placed these two fds here for us across exec (see `spawn`); nothing
     // else in this process owns them, and we take each exactly once at worker start.
     Some(unsafe {
-        (
-            OwnedFd::from_raw_fd(LISTEN_FD),
-            OwnedFd::from_raw_fd(CONTROL_FD),
-        )
+        Inherited {
+            listener: OwnedFd::from_raw_fd(LISTEN_FD),
+            control: OwnedFd::from_raw_fd(CONTROL_FD),
+            metrics: OwnedFd::from_raw_fd(METRICS_FD),
+        }
     })
 }

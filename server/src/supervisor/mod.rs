@@ -19,10 +19,12 @@
 mod children;
 mod listener;
 mod pool;
+mod scrape;
 mod signals;
 
 pub use children::{
-    CONTROL_FD, ENV_MASTER_PID, ENV_WORKER_CONFIG, ENV_WORKER_ID, LISTEN_FD, inherited_fds,
+    CONTROL_FD, ENV_MASTER_PID, ENV_WORKER_CONFIG, ENV_WORKER_ID, Inherited, LISTEN_FD, METRICS_FD,
+    inherited_fds,
 };
 pub use listener::{ListenError, Listener};
 pub use pool::Control;
@@ -35,6 +37,7 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
 use crate::config::Config;
 use crate::logging;
+use crate::metrics::{self, MasterStats, Slots};
 use pool::Pool;
 use signals::Event;
 
@@ -53,6 +56,9 @@ pub enum SupervisorError {
     /// Signals or polling failed.
     #[error("signal setup failed: {0}")]
     Signals(nix::Error),
+    /// The metric slots or the metrics endpoint.
+    #[error("metrics: {0}")]
+    Metrics(String),
     /// The pid file.
     #[error("cannot write pid file {path}: {source}")]
     PidFile {
@@ -69,6 +75,20 @@ pub fn run(config: Config) -> Result<(), SupervisorError> {
     let listener = Listener::bind(&config.bind, config.socket_mode)?;
     let sigfd = signals::open().map_err(SupervisorError::Signals)?;
     let _pid_file = config.pid_file.as_ref().map(PidFile::write).transpose()?;
+    let slots = Slots::create().map_err(|e| SupervisorError::Metrics(e.to_string()))?;
+    let stats = MasterStats::default();
+    let scrape =
+        match config.metrics_bind.as_str() {
+            "off" | "" => None,
+            addr => {
+                let addr = addr.parse().map_err(|e| {
+                    SupervisorError::Metrics(format!("--metrics-bind `{addr}`: {e}"))
+                })?;
+                Some(scrape::bind(addr).map_err(|e| {
+                    SupervisorError::Metrics(format!("cannot listen on {addr}: {e}"))
+                })?)
+            }
+        };
     tracing::info!(
         bind = %config.bind,
         workers = config.workers,
@@ -77,7 +97,7 @@ pub fn run(config: Config) -> Result<(), SupervisorError> {
         "master started"
     );
 
-    let mut pool = Pool::new(exe, &config);
+    let mut pool = Pool::new(exe, &config, &slots, &stats);
     loop {
         pool.reconcile(&listener);
         if pool.finished() {
@@ -85,6 +105,9 @@ pub fn run(config: Config) -> Result<(), SupervisorError> {
         }
         let timeout = pool.next_wakeup().min(TICK);
         let mut fds = vec![PollFd::new(sigfd.as_fd(), PollFlags::POLLIN)];
+        if let Some(l) = &scrape {
+            fds.push(PollFd::new(l.as_fd(), PollFlags::POLLIN));
+        }
         let controls = pool.control_fds();
         fds.extend(
             controls
@@ -99,6 +122,10 @@ pub fn run(config: Config) -> Result<(), SupervisorError> {
         drop(fds);
         drop(controls);
         pool.read_controls();
+        if let Some(l) = &scrape {
+            let mode = config.mode.as_str();
+            scrape::serve_pending(l, &|| metrics::render(mode, &slots, &stats, &pool.live()));
+        }
         for event in signals::read(&sigfd) {
             match event {
                 Event::Stop => pool.stop(false),

@@ -12,12 +12,13 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
-use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::sys::wait::WaitStatus;
 use nix::unistd::Pid;
 
 use super::children;
 use super::listener::Listener;
 use crate::config::Config;
+use crate::metrics::{LiveWorker, MasterStats, RestartCause, Slots};
 
 /// One byte a worker writes on its control pipe.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -59,11 +60,15 @@ struct Worker {
     last_beat: Instant,
     /// When SIGTERM was sent (draining), for the kill deadline.
     term_sent: Option<Instant>,
+    /// Killed for a silent heartbeat (for the restart cause).
+    timed_out: bool,
 }
 
 /// The master's view of its workers.
 #[derive(Debug)]
-pub(crate) struct Pool {
+pub(crate) struct Pool<'m> {
+    slots: &'m Slots,
+    stats: &'m MasterStats,
     exe: PathBuf,
     config_json: String,
     target: usize,
@@ -80,9 +85,16 @@ pub(crate) struct Pool {
     reloading: bool,
 }
 
-impl Pool {
-    pub(crate) fn new(exe: PathBuf, config: &Config) -> Self {
+impl<'m> Pool<'m> {
+    pub(crate) fn new(
+        exe: PathBuf,
+        config: &Config,
+        slots: &'m Slots,
+        stats: &'m MasterStats,
+    ) -> Self {
         Pool {
+            slots,
+            stats,
             exe,
             config_json: children::config_json(config),
             target: config.workers,
@@ -177,7 +189,13 @@ impl Pool {
     fn spawn(&mut self, listener: &Listener) {
         let used: BTreeSet<usize> = self.workers.iter().map(|w| w.id).collect();
         let id = (1..).find(|i| !used.contains(i)).expect("a free slot");
-        match children::spawn(&self.exe, id, &self.config_json, listener.as_fd()) {
+        match children::spawn(
+            &self.exe,
+            id,
+            &self.config_json,
+            listener.as_fd(),
+            self.slots.as_fd(),
+        ) {
             Ok(s) => {
                 tracing::debug!(worker = id, pid = s.pid.as_raw(), "worker started");
                 let now = Instant::now();
@@ -191,6 +209,7 @@ impl Pool {
                     started: now,
                     last_beat: now,
                     term_sent: None,
+                    timed_out: false,
                 });
             }
             Err(e) => {
@@ -219,6 +238,15 @@ impl Pool {
     }
 
     fn drain(&mut self, i: usize) {
+        let old = self.is_old(&self.workers[i]);
+        let recycle = self.workers[i].recycle;
+        if self.stopping.is_none() && old {
+            self.stats.restarted(if recycle {
+                RestartCause::Recycle
+            } else {
+                RestartCause::Reload
+            });
+        }
         let w = &mut self.workers[i];
         tracing::info!(worker = w.id, pid = w.pid.as_raw(), "draining worker");
         w.state = State::Draining;
@@ -262,16 +290,14 @@ impl Pool {
 
     /// Reap every exited child; unexpected deaths count toward backoff.
     pub(crate) fn reap(&mut self) {
-        loop {
-            let status = match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::StillAlive) | Err(_) => break,
-                Ok(s) => s,
-            };
+        while let Some((status, cpu)) = reap_one() {
             let Some(pid) = status.pid() else { continue };
             let Some(i) = self.workers.iter().position(|w| w.pid == pid) else {
                 continue;
             };
             let w = self.workers.swap_remove(i);
+            self.slots.release(w.id);
+            self.stats.retire_cpu(cpu);
             let expected = w.state == State::Draining || self.stopping.is_some();
             let lifetime = w.started.elapsed();
             match (expected, status) {
@@ -279,6 +305,11 @@ impl Pool {
                     tracing::info!(worker = w.id, pid = pid.as_raw(), ?status, "worker exited")
                 }
                 (false, _) => {
+                    self.stats.restarted(if w.timed_out {
+                        RestartCause::Timeout
+                    } else {
+                        RestartCause::Crash
+                    });
                     tracing::warn!(
                         worker = w.id,
                         pid = pid.as_raw(),
@@ -328,6 +359,7 @@ impl Pool {
                 );
                 let _ = kill(w.pid, Signal::SIGKILL);
                 w.last_beat = now;
+                w.timed_out = true;
             }
         }
     }
@@ -377,10 +409,38 @@ impl Pool {
         self.target = target;
     }
 
+    /// Live workers, for metrics.
+    pub(crate) fn live(&self) -> Vec<LiveWorker> {
+        self.workers
+            .iter()
+            .map(|w| LiveWorker {
+                slot: w.id,
+                pid: w.pid.as_raw(),
+            })
+            .collect()
+    }
+
     /// Send a signal to every live worker.
     pub(crate) fn forward(&self, signal: Signal) {
         for w in &self.workers {
             let _ = kill(w.pid, signal);
         }
     }
+}
+
+/// Reap one exited child without blocking: its status and the CPU seconds it used.
+#[allow(unsafe_code)]
+fn reap_one() -> Option<(WaitStatus, f64)> {
+    let mut status: libc::c_int = 0;
+    // SAFETY: all-zero bytes are a valid `rusage`; wait4 fills it in for the reaped child.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: both pointers are to live locals of the right types.
+    let pid = unsafe { libc::wait4(-1, &mut status, libc::WNOHANG, &mut usage) };
+    if pid <= 0 {
+        return None;
+    }
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    let cpu = secs(usage.ru_utime) + secs(usage.ru_stime);
+    let status = WaitStatus::from_raw(Pid::from_raw(pid), status).ok()?;
+    Some((status, cpu))
 }

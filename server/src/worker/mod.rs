@@ -11,14 +11,16 @@ mod serve;
 pub mod state;
 
 pub use serve::serve;
-pub use state::{App, Counters};
+pub use state::App;
 
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::config::{BindAddr, Config};
+use crate::metrics::Slots;
 use crate::supervisor::{self, Control};
 use control::ControlPipe;
 
@@ -27,7 +29,7 @@ const EXIT_STARTUP: u8 = 3;
 
 /// The `wsredis worker` entry point: everything after exec.
 pub fn main(id: usize, config: Config) -> ExitCode {
-    let Some((listen_fd, control_fd)) = supervisor::inherited_fds() else {
+    let Some(fds) = supervisor::inherited_fds() else {
         tracing::error!("`wsredis worker` is started by the master; use `wsredis serve`");
         return ExitCode::from(EXIT_STARTUP);
     };
@@ -46,7 +48,19 @@ pub fn main(id: usize, config: Config) -> ExitCode {
             return ExitCode::from(EXIT_STARTUP);
         }
     };
-    let control = ControlPipe::new(control_fd);
+    let slots = match Slots::attach(fds.metrics) {
+        // Lives as long as the process: every part of the worker counts into its slot.
+        Ok(s) => &*Box::leak(Box::new(s)),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot map the metric slots");
+            return ExitCode::from(EXIT_STARTUP);
+        }
+    };
+    let slot = slots.slot(id);
+    slot.pid
+        .store(u64::from(std::process::id()), Ordering::Relaxed);
+    let control = ControlPipe::new(fds.control);
+    let listen_fd = fds.listener;
     runtime.block_on(async move {
         tokio::spawn(control.clone().heartbeat());
         let unix = matches!(config.bind, BindAddr::Unix(_));
@@ -57,7 +71,7 @@ pub fn main(id: usize, config: Config) -> ExitCode {
                 return ExitCode::from(EXIT_STARTUP);
             }
         };
-        let app = match App::start(id, config, control.clone()).await {
+        let app = match App::start(id, config, control.clone(), slot).await {
             Ok(app) => Arc::new(app),
             Err(e) => {
                 tracing::error!(error = %e, "worker start-up failed");

@@ -91,10 +91,7 @@ pub async fn serve(listener: Listener, app: Arc<App>, shutdown: impl Future<Outp
         });
     }
     drop(listener);
-    let open_ws = app
-        .counters
-        .ws_open
-        .load(std::sync::atomic::Ordering::Relaxed);
+    let open_ws = app.slot.ws_open.load(std::sync::atomic::Ordering::Relaxed);
     tracing::info!(websockets = open_ws, "draining");
     app.shutdown.cancel();
     app.sessions.close();

@@ -1,7 +1,6 @@
 //! What one worker shares between its connections: config, counters, the shutdown signal.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use tokio_util::sync::CancellationToken;
@@ -9,34 +8,24 @@ use tokio_util::task::TaskTracker;
 
 use super::control::ControlPipe;
 use crate::config::Config;
+use crate::metrics::Slot;
 use crate::supervisor::Control;
 
-/// Live counts of this worker, read by `/healthz` (and later by metrics).
-#[derive(Debug, Default)]
-pub struct Counters {
-    /// Open HTTP connections (including ones that became websockets, until upgraded).
-    pub http_open: AtomicUsize,
-    /// Open websocket sessions.
-    pub ws_open: AtomicUsize,
-    /// HTTP requests answered.
-    pub requests: AtomicU64,
-}
-
-/// Decrements a counter when dropped, so every exit path of a connection is counted.
+/// Decrements a gauge of the worker's slot when dropped, so every exit path is counted.
 #[derive(Debug)]
-pub struct Gauge(Arc<App>, fn(&Counters) -> &AtomicUsize);
+pub struct Gauge(&'static Slot, fn(&Slot) -> &AtomicU64);
 
 impl Gauge {
     /// Increment `which` now and decrement it on drop.
-    pub fn enter(app: &Arc<App>, which: fn(&Counters) -> &AtomicUsize) -> Self {
-        which(&app.counters).fetch_add(1, Ordering::Relaxed);
-        Gauge(app.clone(), which)
+    pub fn enter(app: &App, which: fn(&Slot) -> &AtomicU64) -> Self {
+        which(app.slot).fetch_add(1, Ordering::Relaxed);
+        Gauge(app.slot, which)
     }
 }
 
 impl Drop for Gauge {
     fn drop(&mut self) {
-        (self.1)(&self.0.counters).fetch_sub(1, Ordering::Relaxed);
+        (self.1)(self.0).fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -49,8 +38,10 @@ pub struct App {
     pub config: Config,
     /// When this worker started, for uptime.
     pub started: Instant,
-    /// Live counts.
-    pub counters: Counters,
+    /// This worker's metric slot (shared memory the master reads).
+    pub slot: &'static Slot,
+    /// HTTP requests answered by this process.
+    pub requests: AtomicU64,
     /// Cancelled when the worker drains: every websocket closes with 1001.
     pub shutdown: CancellationToken,
     /// Websocket sessions, which hyper stops tracking once upgraded.
@@ -74,6 +65,7 @@ impl App {
         id: usize,
         config: Config,
         control: ControlPipe,
+        slot: &'static Slot,
     ) -> Result<Self, StartError> {
         let recycle_after = (config.max_requests > 0).then(|| {
             let jitter = if config.max_requests_jitter > 0 {
@@ -87,7 +79,8 @@ impl App {
             id,
             config,
             started: Instant::now(),
-            counters: Counters::default(),
+            slot,
+            requests: AtomicU64::new(0),
             shutdown: CancellationToken::new(),
             sessions: TaskTracker::new(),
             control,
@@ -97,7 +90,7 @@ impl App {
 
     /// Count one answered request; asks the master for a replacement at --max-requests.
     pub fn count_request(&self) {
-        let n = self.counters.requests.fetch_add(1, Ordering::Relaxed) + 1;
+        let n = self.requests.fetch_add(1, Ordering::Relaxed) + 1;
         if Some(n) == self.recycle_after {
             self.control.send(Control::Recycle);
         }

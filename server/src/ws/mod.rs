@@ -30,7 +30,7 @@ pub async fn upgrade(app: Arc<App>, mut req: Request<Incoming>, _peer: Peer) -> 
         Err(e) => return response::handshake_error(&e),
     };
     if app.shutdown.is_cancelled()
-        || app.counters.ws_open.load(Ordering::Relaxed) >= app.config.max_connections
+        || app.slot.ws_open.load(Ordering::Relaxed) >= app.config.max_connections as u64
     {
         return response::handshake_error(&HandshakeError::Busy);
     }

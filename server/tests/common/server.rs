@@ -37,10 +37,13 @@ impl Server {
         let port = free_port();
         let log = std::env::temp_dir().join(format!("wsredis-test-{port}.log"));
         let logfile = std::fs::File::create(&log).unwrap();
-        let child = Command::new(binary())
-            .arg("serve")
-            .args(["--bind", &format!("127.0.0.1:{port}")])
-            .args(["--metrics-bind", "off"])
+        let mut cmd = Command::new(binary());
+        cmd.arg("serve")
+            .args(["--bind", &format!("127.0.0.1:{port}")]);
+        if !args.contains(&"--metrics-bind") {
+            cmd.args(["--metrics-bind", "off"]);
+        }
+        let child = cmd
             .args(args)
             .envs(env.iter().copied())
             .env_remove("RUST_LOG")
@@ -238,4 +241,22 @@ pub async fn health(addr: &str) -> Result<serde_json::Value, String> {
         return Err(format!("status {}", r.status));
     }
     serde_json::from_str(&r.body).map_err(|e| e.to_string())
+}
+
+/// `GET /metrics` from a master's metrics address, as text.
+pub async fn scrape(addr: &str) -> String {
+    let r = request(addr, "GET", "/metrics").await.expect("scrape");
+    assert_eq!(r.status, 200, "{}", r.body);
+    r.body
+}
+
+/// The value of one sample line (`name{labels}` exactly as rendered) in an exposition.
+pub fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
 }
