@@ -304,3 +304,58 @@ async fn master_metrics_aggregate_workers_and_never_go_backwards() {
     println!("20 scrapes took {:?}", t0.elapsed());
     assert_eq!(server.master_threads(), 1);
 }
+
+#[tokio::test]
+async fn unix_socket_bind_with_mode() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir().join(format!("wsredis-unix-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("ws.sock");
+    let bind = format!("unix:{}", path.display());
+    let mut child = Command::new(binary())
+        .args([
+            "serve",
+            "--workers",
+            "2",
+            "--metrics-bind",
+            "off",
+            "--bind",
+            &bind,
+        ])
+        .args(["--socket-mode", "600"])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(eventually(Duration::from_secs(10), || path.exists()).await);
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let mut answered = false;
+    for _ in 0..100 {
+        let Ok(stream) = tokio::net::UnixStream::connect(&path).await else {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        };
+        let (mut send, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        let req = http::Request::get("/healthz")
+            .header("host", "local")
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap();
+        if let Ok(r) = send.send_request(req).await {
+            answered = r.status() == 200;
+            break;
+        }
+    }
+    assert!(answered, "no answer over the unix socket");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        Signal::SIGTERM,
+    )
+    .unwrap();
+    assert!(child.wait().unwrap().success());
+    assert!(!path.exists(), "the socket file is removed on exit");
+    let _ = std::fs::remove_dir_all(&dir);
+}

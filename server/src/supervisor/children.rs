@@ -62,6 +62,13 @@ pub(super) fn spawn(
         .env(ENV_WORKER_ID, id.to_string())
         .env(ENV_WORKER_CONFIG, config_json)
         .env(ENV_MASTER_PID, master.to_string())
+        // systemd talks to the master only; workers must not answer for it.
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("LISTEN_FDS")
+        .env_remove("LISTEN_PID")
+        .env_remove("LISTEN_FDNAMES")
+        .env_remove("WATCHDOG_USEC")
+        .env_remove("WATCHDOG_PID")
         .stdin(Stdio::null());
     // SAFETY: the closure runs in the forked child before exec. It calls only async-signal-safe
     // functions (fcntl, dup2, prctl, getppid, signal, sigprocmask) on fds and values captured

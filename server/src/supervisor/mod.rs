@@ -18,6 +18,7 @@
 
 mod children;
 mod listener;
+mod notify;
 mod pool;
 mod scrape;
 mod signals;
@@ -59,6 +60,9 @@ pub enum SupervisorError {
     /// The metric slots or the metrics endpoint.
     #[error("metrics: {0}")]
     Metrics(String),
+    /// The sockets systemd handed over.
+    #[error("socket activation: {0}")]
+    Activation(std::io::Error),
     /// The pid file.
     #[error("cannot write pid file {path}: {source}")]
     PidFile {
@@ -72,7 +76,12 @@ pub enum SupervisorError {
 /// Run the master until it is told to stop. Returns when every worker is gone.
 pub fn run(config: Config) -> Result<(), SupervisorError> {
     let exe = std::env::current_exe().map_err(SupervisorError::Exe)?;
-    let listener = Listener::bind(&config.bind, config.socket_mode)?;
+    let activated = notify::activated().map_err(SupervisorError::Activation)?;
+    let socket_activated = activated.listener.is_some();
+    let listener = match activated.listener {
+        Some(fd) => Listener::from_fd(fd).map_err(SupervisorError::Activation)?,
+        None => Listener::bind(&config.bind, config.socket_mode)?,
+    };
     let sigfd = signals::open().map_err(SupervisorError::Signals)?;
     let _pid_file = config.pid_file.as_ref().map(PidFile::write).transpose()?;
     let slots = Slots::create().map_err(|e| SupervisorError::Metrics(e.to_string()))?;
@@ -91,6 +100,7 @@ pub fn run(config: Config) -> Result<(), SupervisorError> {
         };
     tracing::info!(
         bind = %config.bind,
+        socket_activated,
         workers = config.workers,
         mode = config.mode.as_str(),
         version = env!("CARGO_PKG_VERSION"),
@@ -98,12 +108,15 @@ pub fn run(config: Config) -> Result<(), SupervisorError> {
     );
 
     let mut pool = Pool::new(exe, &config, &slots, &stats);
+    let mut notifier = notify::Notifier::new();
     loop {
         pool.reconcile(&listener);
         if pool.finished() {
             break;
         }
-        let timeout = pool.next_wakeup().min(TICK);
+        let (ready, target, reloading) = pool.readiness();
+        notifier.update(ready, target, reloading);
+        let timeout = pool.next_wakeup().min(notifier.next_due()).min(TICK);
         let mut fds = vec![PollFd::new(sigfd.as_fd(), PollFlags::POLLIN)];
         if let Some(l) = &scrape {
             fds.push(PollFd::new(l.as_fd(), PollFlags::POLLIN));
@@ -128,9 +141,18 @@ pub fn run(config: Config) -> Result<(), SupervisorError> {
         }
         for event in signals::read(&sigfd) {
             match event {
-                Event::Stop => pool.stop(false),
-                Event::Quit => pool.stop(true),
-                Event::Reload => pool.reload(),
+                Event::Stop => {
+                    notify::Notifier::stopping();
+                    pool.stop(false);
+                }
+                Event::Quit => {
+                    notify::Notifier::stopping();
+                    pool.stop(true);
+                }
+                Event::Reload => {
+                    notifier.reloading();
+                    pool.reload();
+                }
                 Event::More => pool.resize(1),
                 Event::Fewer => pool.resize(-1),
                 Event::ReopenLogs => {

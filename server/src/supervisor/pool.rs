@@ -409,6 +409,16 @@ impl<'m> Pool<'m> {
         self.target = target;
     }
 
+    /// Ready serving workers, the target, and whether a reload is under way (for systemd).
+    pub(crate) fn readiness(&self) -> (usize, usize, bool) {
+        let ready = self
+            .workers
+            .iter()
+            .filter(|w| w.state == State::Ready && !self.is_old(w))
+            .count();
+        (ready, self.target, self.reloading)
+    }
+
     /// Live workers, for metrics.
     pub(crate) fn live(&self) -> Vec<LiveWorker> {
         self.workers

@@ -19,7 +19,7 @@ use std::sync::atomic::Ordering;
 
 use tokio::signal::unix::{SignalKind, signal};
 
-use crate::config::{BindAddr, Config};
+use crate::config::Config;
 use crate::metrics::Slots;
 use crate::supervisor::{self, Control};
 use control::ControlPipe;
@@ -63,8 +63,7 @@ pub fn main(id: usize, config: Config) -> ExitCode {
     let listen_fd = fds.listener;
     runtime.block_on(async move {
         tokio::spawn(control.clone().heartbeat());
-        let unix = matches!(config.bind, BindAddr::Unix(_));
-        let listener = match net::Listener::from_fd(listen_fd, unix) {
+        let listener = match net::Listener::from_fd(listen_fd) {
             Ok(l) => l,
             Err(e) => {
                 tracing::error!(error = %e, "cannot adopt the listening socket");

@@ -37,8 +37,10 @@ impl Peer {
 }
 
 impl Listener {
-    /// Adopt an inherited listening fd. Must run inside the runtime.
-    pub fn from_fd(fd: OwnedFd, unix: bool) -> io::Result<Self> {
+    /// Adopt an inherited listening fd (TCP or unix, whichever it is). Must run inside the
+    /// runtime.
+    pub fn from_fd(fd: OwnedFd) -> io::Result<Self> {
+        let unix = socket2::SockRef::from(&fd).local_addr()?.domain() == socket2::Domain::UNIX;
         if unix {
             let l = std::os::unix::net::UnixListener::from(fd);
             l.set_nonblocking(true)?;
