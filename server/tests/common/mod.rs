@@ -92,7 +92,8 @@ impl RedisServer {
         self.child = Some(child);
         let port = self.port;
         assert!(
-            wait_until(Duration::from_secs(10), || self.cli(&["PING"]).trim() == "PONG"),
+            wait_until(Duration::from_secs(10), || self.cli(&["PING"]).trim()
+                == "PONG"),
             "redis-server on port {port} did not start"
         );
     }
