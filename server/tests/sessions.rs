@@ -152,7 +152,11 @@ async fn forged_cookies_never_reach_redis() {
     }
     // The check above can see a lookup: a well-formed key does reach Redis.
     assert_eq!(sessions.load(&real).await.unwrap(), None);
-    assert!(redis.cli(&["INFO", "commandstats"]).contains("cmdstat_get:"));
+    assert!(
+        redis
+            .cli(&["INFO", "commandstats"])
+            .contains("cmdstat_get:")
+    );
 }
 
 #[tokio::test]

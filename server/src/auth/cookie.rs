@@ -147,4 +147,21 @@ mod tests {
         );
         assert!(!csrf.contains("HttpOnly"), "scripts read the CSRF cookie");
     }
+
+    #[test]
+    fn random_bytes_yield_only_well_formed_pairs() {
+        use rand::{Rng as _, SeedableRng as _};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let alphabet = b"ab=; \t\"\xff\xc3\xa9sessionid";
+        for _ in 0..5000 {
+            let len = rng.random_range(0..40);
+            let header: Vec<u8> = (0..len)
+                .map(|_| alphabet[rng.random_range(0..alphabet.len())])
+                .collect();
+            for (name, value) in pairs(&header) {
+                assert!(!name.is_empty() && !name.contains(';') && !value.contains(';'));
+                assert!(!name.starts_with([' ', '\t']) && !name.ends_with([' ', '\t']));
+            }
+        }
+    }
 }

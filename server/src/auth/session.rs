@@ -353,4 +353,26 @@ mod tests {
         huge["pad"] = "x".repeat(MAX_RECORD_BYTES).into();
         assert_eq!(parse(&serde_json::to_vec(&huge).unwrap()), None);
     }
+
+    #[test]
+    fn parse_survives_mutated_records() {
+        use rand::{Rng as _, SeedableRng as _};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let valid = serde_json::to_vec(&record()).unwrap();
+        for _ in 0..5000 {
+            let mut input = valid.clone();
+            for _ in 0..rng.random_range(1..4) {
+                let i = rng.random_range(0..input.len());
+                match rng.random_range(0..3) {
+                    0 => input[i] = rng.random(),
+                    1 => drop(input.remove(i)),
+                    _ => input.insert(i, rng.random()),
+                }
+            }
+            // Whatever is accepted is a record that round-trips and passes every check.
+            if let Some(r) = parse(&input) {
+                assert_eq!(parse(&serde_json::to_vec(&r).unwrap()), Some(r));
+            }
+        }
+    }
 }

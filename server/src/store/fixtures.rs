@@ -12,7 +12,8 @@ use std::collections::{BTreeMap, HashMap};
 use serde::Deserialize;
 
 use super::groups::validate_group_name;
-use super::users::{INSERT_USER, UserColumns, link_groups, validate_username, write_user};
+use super::memberships::link_groups;
+use super::users::{INSERT_USER, UserColumns, validate_username, write_user};
 use super::{Store, StoreError, WritePool, on_pool, time};
 
 /// Prefix of the hashes `crate::auth::password` can verify (`!…` is Django's unusable password).

@@ -18,6 +18,7 @@
 mod error;
 pub mod fixtures;
 mod groups;
+mod memberships;
 pub mod time;
 mod users;
 
