@@ -91,8 +91,9 @@ impl Default for UserUpdate {
     }
 }
 
-/// A user row together with its password hash, for logging in.
-#[derive(Debug, FromRow)]
+/// A user row together with its password hash, for logging in (no `Debug`: keep hashes out
+/// of logs).
+#[derive(FromRow)]
 pub(crate) struct UserWithHash {
     #[sqlx(flatten)]
     pub(crate) user: User,
