@@ -10,15 +10,19 @@
 //! - [`metrics`]: per-worker slots in shared memory; the master's aggregated exposition.
 //! - [`http`]: routing by mode, health, responses and status mapping.
 //! - [`ws`]: websocket handshake and sessions.
+//! - [`auth`]: password hashes, login, sessions in Redis, CSRF, cookies, form bodies.
+//! - [`store`]: users and groups in SQLite or PostgreSQL (sqlx), migrations, fixture loading.
 //!
 //! Data flows one way: master → worker → router → (page | socket) → bus → Redis.
 #![warn(missing_docs)]
 
+pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod http;
 pub mod logging;
 pub mod metrics;
+pub mod store;
 pub mod supervisor;
 pub mod worker;
 pub mod ws;
