@@ -1,0 +1,27 @@
+//! Websockets in the ws4redis dialect: what the URL asks for ([`flags`]), the tungstenite
+//! settings ([`settings`]), and one socket's life after the upgrade ([`session`]).
+//!
+//! # The seam with the worker
+//! The worker detects the upgrade and validates the handshake, then, before answering 101:
+//! 1. `let flags = Flags::parse(uri.query().unwrap_or(""))` and
+//!    `let facility = flags::facility(uri.path(), &config.websocket_url)`;
+//! 2. gets the [`Identity`] of the request from the session store;
+//! 3. `let channels = namer.plan(&facility, &identity, flags.subscribe(), flags.publish())?`
+//!    ([`ChannelError::Forbidden`] → 403, [`ChannelError::InvalidFacility`] → 400);
+//!
+//! and after the upgrade builds
+//! `WebSocketStream::from_raw_socket(io, Role::Server, Some(websocket_config(&config)))` and
+//! runs [`session::run`] with a [`SessionCtx`] and the worker's shutdown token.
+
+mod close;
+mod echo;
+pub mod flags;
+pub mod session;
+pub mod settings;
+pub mod stats;
+
+pub use crate::bus::channels::{ChannelError, Channels, Identity, Namer};
+pub use flags::Flags;
+pub use session::{SessionCtx, run};
+pub use settings::{Settings, websocket_config};
+pub use stats::{CloseReason, Stats};
