@@ -24,14 +24,9 @@ fn anon() -> Identity {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_cli_publish_reaches_broadcast_subscribers() {
-    let redis = RedisServer::start();
-    let server = Server::start(config(&redis, &[])).await;
-    let mut a = server
-        .connect(&redis, "/ws/foo?subscribe-broadcast", &anon())
-        .await;
-    let mut b = server
-        .connect(&redis, "/ws/foo?Subscribe-Broadcast=0", &anon())
-        .await;
+    let (redis, server) = setup(&[]).await;
+    let mut a = server.anon(&redis, "/ws/foo?subscribe-broadcast").await;
+    let mut b = server.anon(&redis, "/ws/foo?Subscribe-Broadcast=0").await;
     assert_eq!(
         redis.cli(&["PUBLISH", "broadcast:foo", "hello"]).trim(),
         "1"
@@ -42,8 +37,7 @@ async fn redis_cli_publish_reaches_broadcast_subscribers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_channel_kind_with_prefix() {
-    let redis = RedisServer::start();
-    let server = Server::start(config(&redis, &["--redis-prefix", "demo"])).await;
+    let (redis, server) = setup(&["--redis-prefix", "demo"]).await;
     let john = user("john", &["g1", "g2"], "s1");
     let mut sub = server
         .connect(
@@ -94,76 +88,55 @@ async fn every_channel_kind_with_prefix() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forbidden_flags_and_bad_facilities_are_refused_before_the_upgrade() {
-    let redis = RedisServer::start();
-    let server = Server::start(config(&redis, &[])).await;
-    for pq in [
-        "/ws/f?subscribe-user",
-        "/ws/f?publish-group",
-        "/ws/f?subscribe-session",
+    let (_redis, server) = setup(&[]).await;
+    for (pq, status) in [
+        ("/ws/f?subscribe-user", 403),
+        ("/ws/f?publish-group", 403),
+        ("/ws/f?subscribe-session", 403),
+        ("/ws/a*b?subscribe-broadcast", 400),
+        ("/ws/?subscribe-broadcast", 400),
+        ("/ws/a%20b", 400),
     ] {
         let err = tokio_tungstenite::connect_async(request(&server.url(pq), &anon()))
             .await
             .unwrap_err();
-        assert_eq!(refused_status(err), 403, "{pq}");
-    }
-    for pq in [
-        "/ws/a*b?subscribe-broadcast",
-        "/ws/?subscribe-broadcast",
-        "/ws/a%20b",
-    ] {
-        let err = tokio_tungstenite::connect_async(request(&server.url(pq), &anon()))
-            .await
-            .unwrap_err();
-        assert_eq!(refused_status(err), 400, "{pq}");
+        assert_eq!(refused_status(err), status, "{pq}");
     }
     assert_eq!(server.stats.opened.load(Ordering::Relaxed), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stored_message_is_replayed_on_connect() {
-    let redis = RedisServer::start();
-    let server = Server::start(config(&redis, &[])).await;
-    let mut p = server
-        .connect(&redis, "/ws/r?publish-broadcast", &anon())
-        .await;
+    let (redis, server) = setup(&[]).await;
+    let mut p = server.anon(&redis, "/ws/r?publish-broadcast").await;
     p.send(Message::text("last words")).await.unwrap();
     eventually("stored", || {
         redis.cli(&["GET", "broadcast:r"]).trim() == "last words"
     })
     .await;
-    let mut late = server
-        .connect(&redis, "/ws/r?subscribe-broadcast", &anon())
-        .await;
+    let mut late = server.anon(&redis, "/ws/r?subscribe-broadcast").await;
     assert_eq!(next_text(&mut late).await, "last words");
     assert_eq!(server.stats.replayed.load(Ordering::Relaxed), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expire_zero_stores_nothing() {
-    let redis = RedisServer::start();
-    let server = Server::start(config(&redis, &["--expire", "0"])).await;
-    let mut sub = server
-        .connect(&redis, "/ws/z?subscribe-broadcast", &anon())
-        .await;
-    let mut p = server
-        .connect(&redis, "/ws/z?publish-broadcast", &anon())
-        .await;
+    let (redis, server) = setup(&["--expire", "0"]).await;
+    let mut sub = server.anon(&redis, "/ws/z?subscribe-broadcast").await;
+    let mut p = server.anon(&redis, "/ws/z?publish-broadcast").await;
     p.send(Message::text("fleeting")).await.unwrap();
     assert_eq!(next_text(&mut sub).await, "fleeting");
     assert_eq!(redis.cli(&["EXISTS", "broadcast:z"]).trim(), "0");
     // A key left by someone else is not replayed either when expire is 0.
     redis.cli(&["SET", "broadcast:z", "old"]);
-    let mut late = server
-        .connect(&redis, "/ws/z?subscribe-broadcast", &anon())
-        .await;
+    let mut late = server.anon(&redis, "/ws/z?subscribe-broadcast").await;
     redis.cli(&["PUBLISH", "broadcast:z", "live"]);
     assert_eq!(next_text(&mut late).await, "live");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn own_messages_are_not_echoed_without_echo() {
-    let redis = RedisServer::start();
-    let server = Server::start(config(&redis, &[])).await;
+    let (redis, server) = setup(&[]).await;
     let pq = "/ws/e?subscribe-broadcast&publish-broadcast";
     let mut me = server.connect(&redis, pq, &anon()).await;
     let mut other = server.connect(&redis, pq, &anon()).await;
@@ -180,8 +153,7 @@ async fn own_messages_are_not_echoed_without_echo() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn own_messages_come_back_with_echo() {
-    let redis = RedisServer::start();
-    let server = Server::start(config(&redis, &[])).await;
+    let (redis, server) = setup(&[]).await;
     let mut me = server
         .connect(
             &redis,
@@ -219,11 +191,8 @@ async fn heartbeat_is_sent_answered_and_never_published() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn burst_of_1000_arrives_complete_and_in_order() {
-    let redis = RedisServer::start();
-    let server = Server::start(config(&redis, &["--expire", "0"])).await;
-    let mut sub = server
-        .connect(&redis, "/ws/b?subscribe-broadcast", &anon())
-        .await;
+    let (redis, server) = setup(&["--expire", "0"]).await;
+    let mut sub = server.anon(&redis, "/ws/b?subscribe-broadcast").await;
     let started = std::time::Instant::now();
     let pipe = server.bus.commands().pipeline();
     for i in 0..1000 {
@@ -240,14 +209,9 @@ async fn burst_of_1000_arrives_complete_and_in_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_frames_in_one_segment_are_both_published() {
-    let redis = RedisServer::start();
-    let server = Server::start(config(&redis, &[])).await;
-    let mut sub = server
-        .connect(&redis, "/ws/t?subscribe-broadcast", &anon())
-        .await;
-    let mut p = server
-        .connect(&redis, "/ws/t?publish-broadcast", &anon())
-        .await;
+    let (redis, server) = setup(&[]).await;
+    let mut sub = server.anon(&redis, "/ws/t?subscribe-broadcast").await;
+    let mut p = server.anon(&redis, "/ws/t?publish-broadcast").await;
     // `feed` only buffers; one flush writes both frames with a single write.
     p.feed(Message::text("one")).await.unwrap();
     p.feed(Message::text("two")).await.unwrap();
@@ -259,14 +223,9 @@ async fn two_frames_in_one_segment_are_both_published() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn binary_stays_binary_and_text_stays_text() {
-    let redis = RedisServer::start();
-    let server = Server::start(config(&redis, &[])).await;
-    let mut sub = server
-        .connect(&redis, "/ws/bin?subscribe-broadcast", &anon())
-        .await;
-    let mut p = server
-        .connect(&redis, "/ws/bin?publish-broadcast", &anon())
-        .await;
+    let (redis, server) = setup(&[]).await;
+    let mut sub = server.anon(&redis, "/ws/bin?subscribe-broadcast").await;
+    let mut p = server.anon(&redis, "/ws/bin?publish-broadcast").await;
     let raw = Bytes::from_static(b"\x00\x01\xff");
     p.send(Message::Binary(raw.clone())).await.unwrap();
     assert_eq!(next_data(&mut sub, None).await, Message::Binary(raw));
@@ -276,14 +235,9 @@ async fn binary_stays_binary_and_text_stays_text() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_mib_message_passes_when_allowed() {
-    let redis = RedisServer::start();
-    let server = Server::start(config(&redis, &["--max-message-size", "2097152"])).await;
-    let mut sub = server
-        .connect(&redis, "/ws/big?subscribe-broadcast", &anon())
-        .await;
-    let mut p = server
-        .connect(&redis, "/ws/big?publish-broadcast", &anon())
-        .await;
+    let (redis, server) = setup(&["--max-message-size", "2097152"]).await;
+    let mut sub = server.anon(&redis, "/ws/big?subscribe-broadcast").await;
+    let mut p = server.anon(&redis, "/ws/big?publish-broadcast").await;
     let big = "x".repeat(1 << 20);
     p.send(Message::text(big.clone())).await.unwrap();
     assert_eq!(next_text(&mut sub).await.len(), big.len());
@@ -291,62 +245,49 @@ async fn one_mib_message_passes_when_allowed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_message_closes_1009() {
-    let redis = RedisServer::start();
-    let server = Server::start(config(&redis, &[])).await; // 64 KiB default
-    let mut p = server
-        .connect(&redis, "/ws/big?publish-broadcast", &anon())
-        .await;
+    let (redis, server) = setup(&[]).await; // 64 KiB default
+    let mut p = server.anon(&redis, "/ws/big?publish-broadcast").await;
     // The server may close while we are still writing; only the close frame matters.
     let _ = p.send(Message::text("x".repeat(1 << 20))).await;
-    assert_eq!(next_close(&mut p).await.0, 1009);
-    eventually("counted", || server.stats.closed(CloseReason::TooBig) == 1).await;
+    server
+        .expect_close(&mut p, 1009, "message too big", CloseReason::TooBig)
+        .await;
     assert_eq!(redis.cli(&["EXISTS", "broadcast:big"]).trim(), "0");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_utf8_text_closes_1007() {
-    let redis = RedisServer::start();
-    let server = Server::start(config(&redis, &[])).await;
-    let mut p = server
-        .connect(&redis, "/ws/u?publish-broadcast", &anon())
-        .await;
+    let (redis, server) = setup(&[]).await;
+    let mut p = server.anon(&redis, "/ws/u?publish-broadcast").await;
     let frame = Frame::message(
         Bytes::from_static(b"\xff\xfe"),
         OpCode::Data(Data::Text),
         true,
     );
     p.send(Message::Frame(frame)).await.unwrap();
-    assert_eq!(next_close(&mut p).await.0, 1007);
+    server
+        .expect_close(&mut p, 1007, "", CloseReason::InvalidData)
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_closes_1001_going_away() {
-    let redis = RedisServer::start();
-    let server = Server::start(config(&redis, &[])).await;
-    let mut c = server
-        .connect(&redis, "/ws/s?subscribe-broadcast", &anon())
-        .await;
+    let (redis, server) = setup(&[]).await;
+    let mut c = server.anon(&redis, "/ws/s?subscribe-broadcast").await;
     server.shutdown.cancel();
-    assert_eq!(next_close(&mut c).await, (1001, "going away".to_owned()));
-    eventually("counted", || {
-        server.stats.closed(CloseReason::GoingAway) == 1
-    })
-    .await;
+    server
+        .expect_close(&mut c, 1001, "going away", CloseReason::GoingAway)
+        .await;
     eventually("released", || server.bus.channel_count() == 0).await;
     eventually("unsubscribed", || numsub(&redis, "broadcast:s") == 0).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_client_is_closed_after_two_ping_intervals() {
-    let redis = RedisServer::start();
-    let server = Server::start(config(&redis, &["--ping-interval", "1"])).await;
+    let (redis, server) = setup(&["--ping-interval", "1"]).await;
     // Never polled: it neither reads pings nor answers them.
-    let _mute = server
-        .connect(&redis, "/ws/p?subscribe-broadcast", &anon())
-        .await;
-    let mut alive = server
-        .connect(&redis, "/ws/p?subscribe-broadcast", &anon())
-        .await;
+    let _mute = server.anon(&redis, "/ws/p?subscribe-broadcast").await;
+    let mut alive = server.anon(&redis, "/ws/p?subscribe-broadcast").await;
     let started = std::time::Instant::now();
     // Polling makes tungstenite answer pings, so this one stays.
     let ping_timeout = || server.stats.closed(CloseReason::PingTimeout) == 1;

@@ -232,21 +232,14 @@ mod tests {
     }
 
     #[test]
-    fn names_without_prefix_match_ws4redis() {
-        let n = Namer::new("");
-        assert_eq!(n.broadcast("foobar"), "broadcast:foobar");
-        assert_eq!(n.user("john", "foobar"), "user:john:foobar");
-        assert_eq!(n.group("chatters", "foobar"), "group:chatters:foobar");
-        assert_eq!(n.session("abc", "foobar"), "session:abc:foobar");
-    }
-
-    #[test]
-    fn names_with_prefix_match_ws4redis() {
-        let n = Namer::new("demo");
-        assert_eq!(n.broadcast("foobar"), "demo:broadcast:foobar");
-        assert_eq!(n.user("john", "a/b"), "demo:user:john:a/b");
-        assert_eq!(n.group("g", "f"), "demo:group:g:f");
-        assert_eq!(n.session("s", "f"), "demo:session:s:f");
+    fn names_match_ws4redis_with_and_without_prefix() {
+        for (prefix, head) in [("", ""), ("demo", "demo:")] {
+            let n = Namer::new(prefix);
+            assert_eq!(n.broadcast("foobar"), format!("{head}broadcast:foobar"));
+            assert_eq!(n.user("john", "a/b"), format!("{head}user:john:a/b"));
+            assert_eq!(n.group("g", "f"), format!("{head}group:g:f"));
+            assert_eq!(n.session("s", "f"), format!("{head}session:s:f"));
+        }
     }
 
     #[test]

@@ -374,3 +374,57 @@ pub(crate) async fn run_syncer(
         registry.synced.notify_waiters();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn drain(rx: &mut mpsc::UnboundedReceiver<Arc<str>>) -> Vec<String> {
+        let mut out = Vec::new();
+        while let Ok(c) = rx.try_recv() {
+            out.push(c.to_string());
+        }
+        out
+    }
+
+    #[test]
+    fn sync_is_requested_on_first_join_and_last_leave_only() {
+        let (reg, mut rx) = Registry::new(4);
+        let a = reg.subscribe(&names(&["x", "y", "x"]));
+        assert_eq!(a.channels().len(), 2, "duplicates ignored");
+        assert_eq!(drain(&mut rx), ["x", "y"]);
+        let b = reg.subscribe(&names(&["x"]));
+        assert!(drain(&mut rx).is_empty(), "x already wanted");
+        drop(a);
+        assert_eq!(drain(&mut rx), ["y"], "x still has b");
+        drop(b);
+        assert_eq!(drain(&mut rx), ["x"]);
+        assert_eq!(reg.channel_count(), 0);
+    }
+
+    #[tokio::test]
+    async fn fan_out_shares_the_payload_and_flags_only_the_full_queue() {
+        let (reg, _rx) = Registry::new(2);
+        let mut slow = reg.subscribe(&names(&["c"]));
+        let mut fast = reg.subscribe(&names(&["c", "other"]));
+        let body = Payload::from_bytes(bytes::Bytes::from_static(b"m"));
+        for _ in 0..2 {
+            reg.dispatch("c", body.clone());
+            let d = fast.recv().await.unwrap();
+            assert_eq!(&*d.channel, "c");
+            assert_eq!(d.payload.as_bytes().as_ptr(), body.as_bytes().as_ptr());
+        }
+        assert!(!slow.is_overflowed());
+        reg.dispatch("c", body.clone());
+        assert!(slow.is_overflowed());
+        assert!(!fast.is_overflowed());
+        assert_eq!(slow.recv().await.unwrap_err(), Overflowed);
+        assert_eq!(reg.stats.overflows.load(Ordering::Relaxed), 1);
+        reg.dispatch("nobody", body);
+        assert_eq!(reg.stats.messages.load(Ordering::Relaxed), 4);
+    }
+}

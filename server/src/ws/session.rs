@@ -55,10 +55,11 @@ pub async fn run<S>(mut ws: WebSocketStream<S>, ctx: SessionCtx, shutdown: Cance
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    Stats::inc(&ctx.stats.opened);
     let close_timeout = ctx.settings.close_timeout;
     let stats = ctx.stats.clone();
     let mut session = Session::new(ctx, shutdown);
+    // Counted once the socket is registered with the bus (tests wait on this).
+    Stats::inc(&stats.opened);
     let end = session.drive(&mut ws).await;
     // Release the channels before the (bounded, possibly slow) closing handshake.
     drop(session);
@@ -282,11 +283,6 @@ fn read_error_reason(e: &WsError) -> CloseReason {
         WsError::Protocol(_) => CloseReason::Protocol,
         _ => CloseReason::Abnormal,
     }
-}
-
-/// The heartbeat as sent on the wire (for tests and the template context).
-pub fn heartbeat_message(settings: &Settings) -> Option<Message> {
-    settings.heartbeat.clone().map(Message::Text)
 }
 
 /// The session future must be `Send` so the worker can spawn it on a multi-thread runtime.

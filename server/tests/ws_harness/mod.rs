@@ -26,8 +26,8 @@ use tokio_util::sync::CancellationToken;
 use wsredis::bus::Bus;
 use wsredis::config::Config;
 use wsredis::ws::{
-    ChannelError, Channels, Flags, Identity, Namer, SessionCtx, Settings, Stats, flags,
-    websocket_config,
+    ChannelError, Channels, CloseReason, Flags, Identity, Namer, SessionCtx, Settings, Stats,
+    flags, websocket_config,
 };
 
 use crate::common::RedisServer;
@@ -53,6 +53,10 @@ pub fn config(redis: &RedisServer, args: &[&str]) -> Config {
 
 /// A client socket.
 pub type Client = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// What a client socket runs on.
+pub trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> Io for T {}
 
 /// One in-process "worker": a bus and a listener hosting sessions.
 pub struct Server {
@@ -124,6 +128,29 @@ impl Server {
         client
     }
 
+    /// [`Server::connect`] as an anonymous socket.
+    pub async fn anon(&self, redis: &RedisServer, pq: &str) -> Client {
+        self.connect(redis, pq, &Identity::anonymous()).await
+    }
+
+    /// Expect the server to close `client` with `code` (and `reason`, unless empty), counted
+    /// under `why` once the closing handshake is over.
+    pub async fn expect_close<S: Io>(
+        &self,
+        client: &mut WebSocketStream<S>,
+        code: u16,
+        reason: &str,
+        why: CloseReason,
+    ) {
+        let (got_code, got_reason) = next_close(client).await;
+        assert_eq!(got_code, code, "close code ({got_reason})");
+        if !reason.is_empty() {
+            assert_eq!(got_reason, reason);
+        }
+        let stats = self.stats.clone();
+        eventually(why.as_str(), || stats.closed(why) == 1).await;
+    }
+
     pub async fn wait_opened(&self, n: u64) {
         let stats = self.stats.clone();
         eventually("session started", || {
@@ -131,6 +158,13 @@ impl Server {
         })
         .await;
     }
+}
+
+/// A private redis-server and a server on it started with `args`.
+pub async fn setup(args: &[&str]) -> (RedisServer, Server) {
+    let redis = RedisServer::start();
+    let server = Server::start(config(&redis, args)).await;
+    (redis, server)
 }
 
 /// A client request with the test identity headers.
@@ -273,7 +307,7 @@ pub fn numsub(redis: &RedisServer, channel: &str) -> u64 {
 }
 
 /// The next data frame (text or binary); pings, pongs and heartbeats `skip` are skipped.
-pub async fn next_data(client: &mut Client, skip: Option<&str>) -> Message {
+pub async fn next_data<S: Io>(client: &mut WebSocketStream<S>, skip: Option<&str>) -> Message {
     loop {
         let msg = within(SOON, client.next())
             .await
@@ -288,7 +322,7 @@ pub async fn next_data(client: &mut Client, skip: Option<&str>) -> Message {
 }
 
 /// The next text message.
-pub async fn next_text(client: &mut Client) -> String {
+pub async fn next_text<S: Io>(client: &mut WebSocketStream<S>) -> String {
     match next_data(client, None).await {
         Message::Text(t) => t.as_str().to_owned(),
         other => panic!("expected text, got {other:?}"),
@@ -296,7 +330,7 @@ pub async fn next_text(client: &mut Client) -> String {
 }
 
 /// The close frame the server sends next (data before it is skipped): (code, reason).
-pub async fn next_close(client: &mut Client) -> (u16, String) {
+pub async fn next_close<S: Io>(client: &mut WebSocketStream<S>) -> (u16, String) {
     loop {
         match within(SOON, client.next()).await {
             Some(Ok(Message::Close(Some(f)))) => return (f.code.into(), f.reason.to_string()),
