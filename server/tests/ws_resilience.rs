@@ -107,6 +107,12 @@ async fn publishing_while_redis_is_down_closes_1013_with_a_reason() {
 async fn bus_starts_while_redis_is_down() {
     let mut redis = RedisServer::start();
     redis.stop();
+    let mut bad = config(&redis, &[]);
+    bad.redis_url = "http://not-redis".into();
+    assert!(matches!(
+        Bus::connect(&bad).await,
+        Err(wsredis::bus::BusError::Config(_))
+    ));
     let started = Instant::now();
     let bus = Bus::connect(&config(&redis, &[]))
         .await

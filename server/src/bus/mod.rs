@@ -74,6 +74,26 @@ impl From<RedisError> for BusError {
     }
 }
 
+/// URL schemes we hand to fred (it would read any scheme as a plain TCP address).
+const SCHEMES: [&str; 5] = [
+    "redis://",
+    "rediss://",
+    "redis+unix://",
+    "redis-sentinel://",
+    "rediss-sentinel://",
+];
+
+fn check_scheme(url: &str) -> Result<(), BusError> {
+    if SCHEMES.iter().any(|s| url.starts_with(s)) {
+        Ok(())
+    } else {
+        Err(BusError::Config(format!(
+            "{url}: the Redis URL must start with one of {}",
+            SCHEMES.join(", ")
+        )))
+    }
+}
+
 /// A worker's connection to Redis. Cheap to clone; all clones share the two connections.
 #[derive(Clone)]
 pub struct Bus {
@@ -100,21 +120,25 @@ impl Bus {
     /// Redis. Fails only on a configuration error, never because Redis is down. Must run inside
     /// the worker's runtime (it spawns tasks).
     pub async fn connect(config: &Config) -> Result<Bus, BusError> {
-        let mut redis = RedisConfig::from_url(&config.redis_url)?;
+        let bad_config = |e: RedisError| BusError::Config(format!("{}: {e}", config.redis_url));
+        check_scheme(&config.redis_url)?;
+        let mut redis = RedisConfig::from_url(&config.redis_url).map_err(bad_config)?;
         redis.fail_fast = false;
         let policy = ReconnectPolicy::new_exponential(0, RECONNECT_MIN_MS, RECONNECT_MAX_MS, 2);
 
         let commands = Builder::from_config(redis.clone())
             .set_policy(policy.clone())
             .with_performance_config(|p| p.default_command_timeout = COMMAND_TIMEOUT)
-            .build()?;
+            .build()
+            .map_err(bad_config)?;
         let subscriber = Builder::from_config(redis)
             .set_policy(policy)
             .with_performance_config(|p| {
                 p.default_command_timeout = COMMAND_TIMEOUT;
                 p.broadcast_channel_capacity = MESSAGE_BUFFER;
             })
-            .build_subscriber_client()?;
+            .build_subscriber_client()
+            .map_err(bad_config)?;
 
         // Take the receiver before anything is subscribed.
         let messages = subscriber.message_rx();
