@@ -17,6 +17,7 @@
 pub mod channels;
 mod payload;
 mod registry;
+mod tasks;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -147,8 +148,8 @@ impl Bus {
         let _commands_task = commands.connect();
         let _subscriber_task = subscriber.connect();
         let _resubscribe_task = subscriber.manage_subscriptions();
-        tokio::spawn(registry::run_dispatcher(registry.clone(), messages));
-        tokio::spawn(registry::run_syncer(
+        tokio::spawn(tasks::run_dispatcher(registry.clone(), messages));
+        tokio::spawn(tasks::run_syncer(
             Arc::downgrade(&registry),
             subscriber.clone(),
             sync_rx,

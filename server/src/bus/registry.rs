@@ -1,9 +1,10 @@
 //! The per-worker registry: which local sockets listen to which Redis channel.
 //!
-//! One table maps each channel to the queues of its local subscribers. Three tasks touch it:
+//! One table maps each channel to the queues of its local subscribers. Three parties touch it:
 //! the sockets (join on [`Registry::subscribe`], leave when their [`Subscription`] drops), the
 //! dispatcher (fans each Redis message out with `try_send`, never awaiting a socket) and the
-//! syncer (the only one issuing SUBSCRIBE/UNSUBSCRIBE).
+//! syncer (the only one issuing SUBSCRIBE/UNSUBSCRIBE); those two live in `tasks.rs`. This file
+//! knows nothing about fred.
 //!
 //! Invariants:
 //! - The table lock is a plain mutex, never held across an await, and held only for map work.
@@ -15,20 +16,14 @@
 //! - A subscriber whose queue is full is flagged (its overflow token is cancelled) and the
 //!   message is dropped for it only; the session then closes it with 1013.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, MutexGuard};
 
-use fred::clients::SubscriberClient;
-use fred::interfaces::PubsubInterface;
-use tokio::sync::{Notify, broadcast, mpsc};
+use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use super::payload::Payload;
-
-/// How often channels whose SUBSCRIBE/UNSUBSCRIBE failed (Redis down) are retried.
-const RETRY_INTERVAL: Duration = Duration::from_millis(500);
 
 /// Counters of one worker's bus; read by the metrics exporter.
 #[derive(Debug, Default)]
@@ -59,10 +54,10 @@ struct Local {
 }
 
 #[derive(Default)]
-struct Entry {
+pub(super) struct Entry {
     locals: Vec<Local>,
     /// Whether Redis has confirmed the SUBSCRIBE for this channel.
-    live: bool,
+    pub(super) live: bool,
 }
 
 pub(crate) struct Registry {
@@ -70,13 +65,14 @@ pub(crate) struct Registry {
     next_id: AtomicU64,
     sync_tx: mpsc::UnboundedSender<Arc<str>>,
     /// Signalled after each sync round, for [`Subscription::ready`].
-    synced: Notify,
+    pub(super) synced: Notify,
     queue_len: usize,
     pub(crate) stats: Arc<BusStats>,
 }
 
 impl Registry {
-    /// A registry, and the receiving end of its sync requests (give it to [`run_syncer`]).
+    /// A registry, and the receiving end of its sync requests (give it to
+    /// [`super::tasks::run_syncer`]).
     pub(crate) fn new(queue_len: usize) -> (Arc<Self>, mpsc::UnboundedReceiver<Arc<str>>) {
         let (sync_tx, sync_rx) = mpsc::unbounded_channel();
         let registry = Arc::new(Registry {
@@ -90,7 +86,7 @@ impl Registry {
         (registry, sync_rx)
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<Arc<str>, Entry>> {
+    pub(super) fn lock(&self) -> MutexGuard<'_, HashMap<Arc<str>, Entry>> {
         // A panic while holding the lock leaves plain data behind; keep serving.
         self.table.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -264,114 +260,6 @@ impl std::fmt::Debug for Subscription {
             .field("id", &self.id)
             .field("channels", &self.channels)
             .finish()
-    }
-}
-
-/// Forward fred's pub/sub messages to the registry until the subscriber quits. A lag (fred's
-/// broadcast buffer overran) is counted, never fatal.
-pub(crate) async fn run_dispatcher(
-    registry: Arc<Registry>,
-    mut messages: broadcast::Receiver<fred::types::Message>,
-) {
-    use broadcast::error::RecvError;
-    loop {
-        match messages.recv().await {
-            Ok(msg) => {
-                let payload = match msg.value {
-                    fred::types::Value::String(s) => Payload::from_bytes(s.into_inner()),
-                    fred::types::Value::Bytes(b) => Payload::Binary(b),
-                    other => match other.as_bytes() {
-                        Some(b) => Payload::from_bytes(bytes::Bytes::copy_from_slice(b)),
-                        None => continue,
-                    },
-                };
-                registry.dispatch(&msg.channel, payload);
-            }
-            Err(RecvError::Lagged(n)) => {
-                registry.stats.lagged.fetch_add(n, Ordering::Relaxed);
-                tracing::warn!(dropped = n, "bus dispatcher lagged behind Redis");
-            }
-            Err(RecvError::Closed) => break,
-        }
-    }
-}
-
-/// The only issuer of SUBSCRIBE/UNSUBSCRIBE: reconciles requested channels with the table.
-/// Ends when the registry is gone.
-pub(crate) async fn run_syncer(
-    registry: Weak<Registry>,
-    subscriber: SubscriberClient,
-    mut requests: mpsc::UnboundedReceiver<Arc<str>>,
-) {
-    // What we have asked Redis (and fred tracks for resubscription after reconnects).
-    let mut on_redis: HashSet<Arc<str>> = HashSet::new();
-    let mut retry: HashSet<Arc<str>> = HashSet::new();
-    let mut tick = tokio::time::interval(RETRY_INTERVAL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        let mut pending: HashSet<Arc<str>> = HashSet::new();
-        tokio::select! {
-            req = requests.recv() => match req {
-                Some(ch) => { pending.insert(ch); }
-                None => return,
-            },
-            _ = tick.tick(), if !retry.is_empty() => pending.extend(retry.drain()),
-        }
-        while let Ok(ch) = requests.try_recv() {
-            pending.insert(ch);
-        }
-        let Some(registry) = registry.upgrade() else {
-            return;
-        };
-        let (to_sub, to_unsub) = {
-            let mut table = registry.lock();
-            let mut to_sub = Vec::new();
-            let mut to_unsub = Vec::new();
-            for ch in pending {
-                match (table.get_mut(&ch), on_redis.contains(&ch)) {
-                    (Some(_), false) => to_sub.push(ch),
-                    (Some(entry), true) => entry.live = true,
-                    (None, true) => to_unsub.push(ch),
-                    (None, false) => {}
-                }
-            }
-            (to_sub, to_unsub)
-        };
-        if !to_unsub.is_empty() {
-            let names: Vec<&str> = to_unsub.iter().map(|c| &**c).collect();
-            match subscriber.unsubscribe(names).await {
-                Ok(()) => to_unsub.iter().for_each(|c| {
-                    on_redis.remove(c);
-                }),
-                Err(e) => {
-                    registry.stats.sync_errors.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!(error = %e, "UNSUBSCRIBE failed; will retry");
-                    retry.extend(to_unsub);
-                }
-            }
-        }
-        if !to_sub.is_empty() {
-            let names: Vec<&str> = to_sub.iter().map(|c| &**c).collect();
-            match subscriber.subscribe(names).await {
-                Ok(()) => {
-                    let mut table = registry.lock();
-                    for c in to_sub {
-                        if let Some(entry) = table.get_mut(&c) {
-                            entry.live = true;
-                        } else {
-                            // Everyone left meanwhile; their request is queued behind us.
-                        }
-                        on_redis.insert(c);
-                    }
-                }
-                Err(e) => {
-                    registry.stats.sync_errors.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!(error = %e, "SUBSCRIBE failed; will retry");
-                    retry.extend(to_sub);
-                }
-            }
-        }
-        registry.synced.notify_waiters();
     }
 }
 
