@@ -3,12 +3,12 @@
 //!
 //! Invariants:
 //! - One task per socket, one `select!` loop; every `ws.send` happens in an arm body (through
-//!   [`Session::send`]), never as a branch future of the main loop. tungstenite buffers whole
+//!   `Session::send`), never as a branch future of the main loop. tungstenite buffers whole
 //!   frames, so abandoning a blocked send (queue overflow, shutdown, write timeout) never tears a
 //!   frame; the close frame follows it.
 //! - The bus never waits for this socket: it `try_send`s into the subscription's bounded queue
 //!   (`send_queue`); an overflow ends this socket with 1013 and nobody else notices.
-//! - Every way out is an [`End`] whose close code is chosen in `close.rs` and counted in
+//! - Every way out is an `End` whose close code is chosen in `close.rs` and counted in
 //!   [`Stats`] exactly once.
 //! - Redis down: a socket that does not publish stays open and receives again once the bus has
 //!   reconnected; a socket that publishes during the outage is closed with 1013 and the reason
