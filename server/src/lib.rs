@@ -9,7 +9,9 @@
 //! - [`worker`]: a worker process: runtime after exec, the `serve` seam, draining.
 //! - [`metrics`]: per-worker slots in shared memory; the master's aggregated exposition.
 //! - [`http`]: routing by mode, health, responses and status mapping.
-//! - [`ws`]: websocket handshake and sessions.
+//! - [`ws`]: the handshake, ws4redis flags, tungstenite settings, one socket's session loop.
+//! - [`bus`]: the per-worker Redis connections (one subscriber, one command client), channel
+//!   names, and the fan-out of Redis messages to local sockets.
 //! - [`auth`]: password hashes, login, sessions in Redis, CSRF, cookies, form bodies.
 //! - [`store`]: users and groups in SQLite or PostgreSQL (sqlx), migrations, fixture loading.
 //!
@@ -17,6 +19,7 @@
 #![warn(missing_docs)]
 
 pub mod auth;
+pub mod bus;
 pub mod cli;
 pub mod config;
 pub mod http;

@@ -189,14 +189,20 @@ async fn plain_get_on_websocket_url_says_to_upgrade() {
     let r = request(&server.base(), "GET", "/ws/foobar").await.unwrap();
     assert_eq!(r.status, 400);
     assert!(r.body.contains("must upgrade to a websocket"), "{}", r.body);
-    // The upgraded socket echoes until the websocket issue's session replaces it.
-    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws/foobar", server.base()))
-        .await
-        .unwrap();
+    // The same URL with an upgrade is a ws4redis socket.
+    let url = format!(
+        "ws://{}/ws/foobar?subscribe-broadcast&publish-broadcast&echo",
+        server.base()
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
     futures_util::SinkExt::send(&mut ws, Message::text("hello"))
         .await
         .unwrap();
-    let got = ws.next().await.unwrap().unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(5), ws.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     assert_eq!(got, Message::text("hello"));
 }
 

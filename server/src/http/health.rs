@@ -23,6 +23,7 @@ pub fn healthz(app: &Arc<App>) -> Response {
             "http_connections": c.http_open.load(Ordering::Relaxed),
             "websocket_connections": c.ws_open.load(Ordering::Relaxed),
             "requests": app.requests.load(Ordering::Relaxed),
+            "redis": if app.bus.is_up() { "up" } else { "down" },
         }),
     )
 }

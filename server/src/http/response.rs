@@ -53,7 +53,7 @@ pub fn handshake_error(e: &HandshakeError) -> Response {
         HandshakeError::Version => StatusCode::UPGRADE_REQUIRED,
         HandshakeError::Origin | HandshakeError::Forbidden(_) => StatusCode::FORBIDDEN,
         HandshakeError::BadRequest(_) => StatusCode::BAD_REQUEST,
-        HandshakeError::Busy => StatusCode::SERVICE_UNAVAILABLE,
+        HandshakeError::Busy | HandshakeError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
     };
     let mut r = text(status, format!("{e}\n"));
     if matches!(e, HandshakeError::Version) {
@@ -62,7 +62,7 @@ pub fn handshake_error(e: &HandshakeError) -> Response {
             HeaderValue::from_static("13"),
         );
     }
-    if matches!(e, HandshakeError::Busy) {
+    if matches!(e, HandshakeError::Busy | HandshakeError::Unavailable) {
         r.headers_mut()
             .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
     }

@@ -85,13 +85,27 @@ pub fn main(id: usize, config: Config) -> ExitCode {
             }
         };
         tokio::spawn(reopen_logs_on_usr1());
+        tokio::spawn(export_metrics(app.clone()));
         control.send(Control::Ready);
-        serve(listener, app, async move {
+        serve(listener, app.clone(), async move {
             term.recv().await;
         })
         .await;
+        app.bus.quit().await;
         ExitCode::SUCCESS
     })
+}
+
+/// How often websocket and bus counters are copied into the metric slot.
+const METRICS_EXPORT_INTERVAL: std::time::Duration = std::time::Duration::from_millis(500);
+
+async fn export_metrics(app: Arc<App>) {
+    let mut last = state::Exported::default();
+    let mut tick = tokio::time::interval(METRICS_EXPORT_INTERVAL);
+    loop {
+        tick.tick().await;
+        app.export_metrics(&mut last);
+    }
 }
 
 async fn reopen_logs_on_usr1() {

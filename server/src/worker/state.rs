@@ -1,5 +1,6 @@
 //! What one worker shares between its connections: config, counters, the shutdown signal.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
@@ -7,9 +8,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::control::ControlPipe;
+use crate::auth::session::SessionStore;
+use crate::bus::{Bus, BusError};
 use crate::config::Config;
 use crate::metrics::Slot;
 use crate::supervisor::Control;
+use crate::ws::{CloseReason, Namer, Settings, Stats};
 
 /// Decrements a gauge of the worker's slot when dropped, so every exit path is counted.
 #[derive(Debug)]
@@ -49,14 +53,24 @@ pub struct App {
     control: ControlPipe,
     /// Requests after which this worker asks to be recycled (None = never).
     recycle_after: Option<u64>,
+    /// This worker's two Redis connections and local fan-out.
+    pub bus: Bus,
+    /// Redis channel names for this deployment's prefix.
+    pub namer: Namer,
+    /// Websocket session settings, shared by every session.
+    pub ws_settings: Arc<Settings>,
+    /// Websocket counters, copied into the metric slot by [`App::export_metrics`].
+    pub ws_stats: Arc<Stats>,
+    /// The web app's sessions, read to identify sockets.
+    pub sessions_store: SessionStore,
 }
 
 /// Why a worker could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    /// Reserved for the backends (database, Redis) wired in later.
-    #[error("{0}")]
-    Backend(String),
+    /// The Redis configuration is unusable (Redis being down is not an error: it reconnects).
+    #[error(transparent)]
+    Bus(#[from] BusError),
 }
 
 impl App {
@@ -75,7 +89,18 @@ impl App {
             };
             config.max_requests + jitter
         });
+        let bus = Bus::connect(&config).await?;
+        let sessions_store = SessionStore::new(
+            bus.commands().clone(),
+            config.session_prefix.clone(),
+            config.session_ttl,
+        );
         Ok(App {
+            namer: Namer::new(&config.redis_prefix),
+            ws_settings: Arc::new(Settings::from_config(&config)),
+            ws_stats: Arc::new(Stats::default()),
+            sessions_store,
+            bus,
             id,
             config,
             started: Instant::now(),
@@ -94,5 +119,72 @@ impl App {
         if Some(n) == self.recycle_after {
             self.control.send(Control::Recycle);
         }
+    }
+}
+
+/// The metric-slot counters last copied from the worker's own counters.
+#[derive(Debug, Default)]
+pub struct Exported {
+    values: Vec<u64>,
+}
+
+impl App {
+    /// Copy what the websocket and bus counters gained since the last call into the metric
+    /// slot (adding deltas, so a slot shared by successive workers never goes backwards).
+    pub fn export_metrics(&self, last: &mut Exported) {
+        let s = &self.ws_stats;
+        let b = self.bus.stats();
+        let slot = self.slot;
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let mut now = vec![
+            load(&s.opened),
+            load(&s.received),
+            load(&s.delivered),
+            load(&s.dropped),
+            load(&s.too_large),
+            load(&b.lagged),
+            load(&s.published),
+        ];
+        now.extend(CloseReason::ALL.iter().map(|r| s.closed(*r)));
+        last.values.resize(now.len(), 0);
+        let delta: Vec<u64> = now
+            .iter()
+            .zip(&last.values)
+            .map(|(n, l)| n.saturating_sub(*l))
+            .collect();
+        let add = |a: &AtomicU64, v: u64| {
+            if v > 0 {
+                a.fetch_add(v, Ordering::Relaxed);
+            }
+        };
+        add(&slot.ws_opened, delta[0]);
+        add(&slot.client_messages, delta[1]);
+        add(&slot.delivered, delta[2]);
+        add(&slot.dropped_slow, delta[3]);
+        add(&slot.dropped_oversize, delta[4]);
+        add(&slot.dropped_lagged, delta[5]);
+        add(&slot.published, delta[6]);
+        for (i, reason) in CloseReason::ALL.iter().enumerate() {
+            for _ in 0..delta[7 + i] {
+                slot.closed(close_code(*reason));
+            }
+        }
+        slot.redis_up
+            .store(u64::from(self.bus.is_up()), Ordering::Relaxed);
+        last.values = now;
+    }
+}
+
+/// The close code a session ends with, for each reason (see `ws::close`).
+fn close_code(reason: CloseReason) -> u16 {
+    match reason {
+        CloseReason::Client => 1000,
+        CloseReason::GoingAway | CloseReason::PingTimeout => 1001,
+        CloseReason::Protocol => 1002,
+        CloseReason::InvalidData => 1007,
+        CloseReason::TooBig => 1009,
+        CloseReason::RedisError => 1011,
+        CloseReason::Overloaded | CloseReason::RedisDown => 1013,
+        CloseReason::Abnormal => 1006,
     }
 }

@@ -40,6 +40,9 @@ pub enum HandshakeError {
     /// The worker is at its connection limit or draining.
     #[error("server busy, try again")]
     Busy,
+    /// The session store (Redis) cannot be reached to identify the socket.
+    #[error("sessions are unavailable (Redis is down); try again shortly")]
+    Unavailable,
 }
 
 /// Whether a comma-separated header contains `token` (case-insensitive).

@@ -24,6 +24,8 @@ pub struct Server {
     pub port: u16,
     /// Where its log goes.
     pub log: PathBuf,
+    /// The private Redis it talks to (unless the test passed its own `--redis-url`).
+    pub redis: Option<super::RedisServer>,
 }
 
 impl Server {
@@ -43,6 +45,10 @@ impl Server {
         if !args.contains(&"--metrics-bind") {
             cmd.args(["--metrics-bind", "off"]);
         }
+        let redis = (!args.contains(&"--redis-url")).then(super::RedisServer::start);
+        if let Some(r) = &redis {
+            cmd.args(["--redis-url", &r.url()]);
+        }
         let child = cmd
             .args(args)
             .envs(env.iter().copied())
@@ -51,7 +57,12 @@ impl Server {
             .stderr(logfile)
             .spawn()
             .expect("start wsredis");
-        let server = Server { child, port, log };
+        let server = Server {
+            child,
+            port,
+            log,
+            redis,
+        };
         let want = worker_count_arg(args);
         assert!(
             wait_until(Duration::from_secs(20), || server.worker_pids().len()

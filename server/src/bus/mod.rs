@@ -1,0 +1,265 @@
+//! The bus: a worker's only road to Redis pub/sub, and the local fan-out of its messages.
+//!
+//! One [`Bus`] per worker owns exactly two Redis connections, whatever the number of sockets:
+//! a fred `SubscriberClient` (every channel any local socket listens to) and a command `Client`
+//! (PUBLISH, SET EX, GET; also lent to the session store through [`Bus::commands`]). fred stays
+//! behind this module, so the Redis client can be swapped in one place.
+//!
+//! Invariants:
+//! - Construction never fails because Redis is down: both clients start with `fail_fast` off and
+//!   a reconnect policy that retries forever; `manage_subscriptions` plus our own syncer restore
+//!   every channel after a reconnect.
+//! - A message from Redis is turned into a [`Payload`] once and shared by refcount.
+//! - Nothing here awaits a socket: fan-out is `try_send` into bounded per-socket queues.
+//! - Commands fail fast with [`BusError::Unavailable`] while the command connection is down,
+//!   instead of queueing behind a reconnect.
+
+pub mod channels;
+mod payload;
+mod registry;
+mod tasks;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use fred::clients::{Client, SubscriberClient};
+use fred::error::{Error as RedisError, ErrorKind};
+use fred::interfaces::{ClientLike, EventInterface, KeysInterface, PubsubInterface};
+use fred::types::config::{Config as RedisConfig, ReconnectPolicy};
+use fred::types::{Builder, Expiration, Value};
+
+pub use payload::Payload;
+pub use registry::{BusStats, Delivery, Overflowed, Subscription};
+
+use crate::config::Config;
+use registry::Registry;
+
+/// Commands (and SUBSCRIBEs) taking longer than this fail, so a socket is not held hostage by
+/// a Redis that accepts connections but does not answer.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(3);
+/// Reconnect backoff: 100 ms doubling up to 2 s, forever.
+const RECONNECT_MIN_MS: u32 = 100;
+const RECONNECT_MAX_MS: u32 = 2_000;
+/// fred's pub/sub broadcast buffer (its default of 32 drops messages under bursts). Each
+/// event channel of the subscriber preallocates this many slots.
+const MESSAGE_BUFFER: usize = 8_192;
+/// How long [`Bus::connect`] waits for Redis before returning anyway.
+const STARTUP_WAIT: Duration = Duration::from_secs(2);
+
+/// Errors of the Redis layer.
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    /// The Redis URL or client options cannot be used (fix the configuration).
+    #[error("bad Redis configuration: {0}")]
+    Config(String),
+    /// Redis is not reachable right now; the client keeps reconnecting.
+    #[error("redis unavailable")]
+    Unavailable,
+    /// Redis answered with an error.
+    #[error("redis error: {0}")]
+    Redis(String),
+}
+
+impl From<RedisError> for BusError {
+    fn from(e: RedisError) -> Self {
+        match e.kind() {
+            ErrorKind::IO | ErrorKind::Timeout | ErrorKind::Canceled | ErrorKind::Backpressure => {
+                BusError::Unavailable
+            }
+            ErrorKind::Config | ErrorKind::Url | ErrorKind::Tls => {
+                BusError::Config(e.details().to_owned())
+            }
+            _ => BusError::Redis(e.to_string()),
+        }
+    }
+}
+
+/// URL schemes we hand to fred (it would read any scheme as a plain TCP address).
+const SCHEMES: [&str; 5] = [
+    "redis://",
+    "rediss://",
+    "redis+unix://",
+    "redis-sentinel://",
+    "rediss-sentinel://",
+];
+
+fn check_scheme(url: &str) -> Result<(), BusError> {
+    if SCHEMES.iter().any(|s| url.starts_with(s)) {
+        Ok(())
+    } else {
+        Err(BusError::Config(format!(
+            "{url}: the Redis URL must start with one of {}",
+            SCHEMES.join(", ")
+        )))
+    }
+}
+
+/// A worker's connection to Redis. Cheap to clone; all clones share the two connections.
+#[derive(Clone)]
+pub struct Bus {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    commands: Client,
+    subscriber: SubscriberClient,
+    registry: Arc<Registry>,
+}
+
+impl std::fmt::Debug for Bus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bus")
+            .field("up", &self.is_up())
+            .field("channels", &self.inner.registry.channel_count())
+            .finish()
+    }
+}
+
+impl Bus {
+    /// Build the clients, start connecting and the bus tasks, and wait up to two seconds for
+    /// Redis. Fails only on a configuration error, never because Redis is down. Must run inside
+    /// the worker's runtime (it spawns tasks).
+    pub async fn connect(config: &Config) -> Result<Bus, BusError> {
+        let bad_config = |e: RedisError| BusError::Config(format!("{}: {e}", config.redis_url));
+        check_scheme(&config.redis_url)?;
+        let mut redis = RedisConfig::from_url(&config.redis_url).map_err(bad_config)?;
+        redis.fail_fast = false;
+        let policy = ReconnectPolicy::new_exponential(0, RECONNECT_MIN_MS, RECONNECT_MAX_MS, 2);
+
+        let commands = Builder::from_config(redis.clone())
+            .set_policy(policy.clone())
+            .with_performance_config(|p| p.default_command_timeout = COMMAND_TIMEOUT)
+            .build()
+            .map_err(bad_config)?;
+        let subscriber = Builder::from_config(redis)
+            .set_policy(policy)
+            .with_performance_config(|p| {
+                p.default_command_timeout = COMMAND_TIMEOUT;
+                p.broadcast_channel_capacity = MESSAGE_BUFFER;
+            })
+            .build_subscriber_client()
+            .map_err(bad_config)?;
+
+        // Take the receiver before anything is subscribed.
+        let messages = subscriber.message_rx();
+        let (registry, sync_rx) = Registry::new(config.send_queue);
+
+        let _commands_task = commands.connect();
+        let _subscriber_task = subscriber.connect();
+        let _resubscribe_task = subscriber.manage_subscriptions();
+        tokio::spawn(tasks::run_dispatcher(registry.clone(), messages));
+        tokio::spawn(tasks::run_syncer(
+            Arc::downgrade(&registry),
+            subscriber.clone(),
+            sync_rx,
+        ));
+
+        let _ = tokio::time::timeout(STARTUP_WAIT, async {
+            let _ = commands.wait_for_connect().await;
+            let _ = subscriber.wait_for_connect().await;
+        })
+        .await;
+
+        Ok(Bus {
+            inner: Arc::new(Inner {
+                commands,
+                subscriber,
+                registry,
+            }),
+        })
+    }
+
+    /// Listen to `channels` (duplicates ignored); each message is queued for this subscriber
+    /// (bounded by `send_queue`). Dropping the subscription releases the interest.
+    pub fn subscribe(&self, channels: &[String]) -> Subscription {
+        self.inner.registry.subscribe(channels)
+    }
+
+    /// PUBLISH `payload` to each channel and, when `expire_secs > 0`, `SET channel payload EX
+    /// expire_secs` (the ws4redis persisted last message), all in one pipeline.
+    pub async fn publish(
+        &self,
+        channels: &[String],
+        payload: Bytes,
+        expire_secs: u64,
+    ) -> Result<(), BusError> {
+        if channels.is_empty() {
+            return Ok(());
+        }
+        if !self.inner.commands.is_connected() {
+            return Err(BusError::Unavailable);
+        }
+        let expire = i64::try_from(expire_secs).unwrap_or(i64::MAX);
+        let pipe = self.inner.commands.pipeline();
+        for channel in channels {
+            pipe.publish::<(), _, _>(channel.as_str(), payload.clone())
+                .await?;
+            if expire > 0 {
+                pipe.set::<(), _, _>(
+                    channel.as_str(),
+                    payload.clone(),
+                    Some(Expiration::EX(expire)),
+                    None,
+                    false,
+                )
+                .await?;
+            }
+        }
+        for result in pipe.try_all::<Value>().await {
+            result?;
+        }
+        Ok(())
+    }
+
+    /// The persisted last message of each channel that has one, in the order given.
+    pub async fn stored(&self, channels: &[String]) -> Result<Vec<Bytes>, BusError> {
+        if channels.is_empty() {
+            return Ok(Vec::new());
+        }
+        if !self.inner.commands.is_connected() {
+            return Err(BusError::Unavailable);
+        }
+        let pipe = self.inner.commands.pipeline();
+        for channel in channels {
+            pipe.get::<(), _>(channel.as_str()).await?;
+        }
+        let mut out = Vec::new();
+        for result in pipe.try_all::<Value>().await {
+            match result? {
+                Value::String(s) => out.push(s.into_inner()),
+                Value::Bytes(b) => out.push(b),
+                _ => {}
+            }
+        }
+        out.retain(|b| !b.is_empty());
+        Ok(out)
+    }
+
+    /// Whether both Redis connections are up right now.
+    pub fn is_up(&self) -> bool {
+        self.inner.commands.is_connected() && self.inner.subscriber.is_connected()
+    }
+
+    /// The command client (GET/SET/...), shared with the session store. Never put it in
+    /// subscribe mode.
+    pub fn commands(&self) -> &Client {
+        &self.inner.commands
+    }
+
+    /// Counters of this worker's bus.
+    pub fn stats(&self) -> &BusStats {
+        &self.inner.registry.stats
+    }
+
+    /// Number of channels with at least one local socket.
+    pub fn channel_count(&self) -> usize {
+        self.inner.registry.channel_count()
+    }
+
+    /// Close both connections (end of the worker). Sockets still subscribed stop receiving.
+    pub async fn quit(&self) {
+        let _ = self.inner.subscriber.quit().await;
+        let _ = self.inner.commands.quit().await;
+    }
+}

@@ -1,0 +1,318 @@
+//! The per-worker registry: which local sockets listen to which Redis channel.
+//!
+//! One table maps each channel to the queues of its local subscribers. Three parties touch it:
+//! the sockets (join on [`Registry::subscribe`], leave when their [`Subscription`] drops), the
+//! dispatcher (fans each Redis message out with `try_send`, never awaiting a socket) and the
+//! syncer (the only one issuing SUBSCRIBE/UNSUBSCRIBE); those two live in `tasks.rs`. This file
+//! knows nothing about fred.
+//!
+//! Invariants:
+//! - The table lock is a plain mutex, never held across an await, and held only for map work.
+//! - Redis SUBSCRIBE/UNSUBSCRIBE is refcounted by the table: joining and leaving only *request* a
+//!   sync of a channel; the syncer, a single task, compares the table at the time it runs with
+//!   what Redis has and issues the difference. A socket leaving while another joins therefore
+//!   can never end with the channel unsubscribed while it has local interest, whatever the
+//!   order of the requests.
+//! - A subscriber whose queue is full is flagged (its overflow token is cancelled) and the
+//!   message is dropped for it only; the session then closes it with 1013.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::{Notify, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use super::payload::Payload;
+
+/// Counters of one worker's bus; read by the metrics exporter.
+#[derive(Debug, Default)]
+pub struct BusStats {
+    /// Messages received from Redis.
+    pub messages: AtomicU64,
+    /// Messages fred's broadcast channel dropped because the dispatcher lagged.
+    pub lagged: AtomicU64,
+    /// Subscribers flagged because their queue was full.
+    pub overflows: AtomicU64,
+    /// SUBSCRIBE/UNSUBSCRIBE commands that failed (retried).
+    pub sync_errors: AtomicU64,
+}
+
+/// One message for one socket: the channel it came on and the shared body.
+#[derive(Clone, Debug)]
+pub struct Delivery {
+    /// The Redis channel (shared with the registry's key, no copy).
+    pub channel: Arc<str>,
+    /// The body.
+    pub payload: Payload,
+}
+
+struct Local {
+    id: u64,
+    tx: mpsc::Sender<Delivery>,
+    overflow: CancellationToken,
+}
+
+#[derive(Default)]
+pub(super) struct Entry {
+    locals: Vec<Local>,
+    /// Whether Redis has confirmed the SUBSCRIBE for this channel.
+    pub(super) live: bool,
+}
+
+pub(crate) struct Registry {
+    table: Mutex<HashMap<Arc<str>, Entry>>,
+    next_id: AtomicU64,
+    sync_tx: mpsc::UnboundedSender<Arc<str>>,
+    /// Signalled after each sync round, for [`Subscription::ready`].
+    pub(super) synced: Notify,
+    queue_len: usize,
+    pub(crate) stats: Arc<BusStats>,
+}
+
+impl Registry {
+    /// A registry, and the receiving end of its sync requests (give it to
+    /// [`super::tasks::run_syncer`]).
+    pub(crate) fn new(queue_len: usize) -> (Arc<Self>, mpsc::UnboundedReceiver<Arc<str>>) {
+        let (sync_tx, sync_rx) = mpsc::unbounded_channel();
+        let registry = Arc::new(Registry {
+            table: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            sync_tx,
+            synced: Notify::new(),
+            queue_len: queue_len.max(1),
+            stats: Arc::default(),
+        });
+        (registry, sync_rx)
+    }
+
+    pub(super) fn lock(&self) -> MutexGuard<'_, HashMap<Arc<str>, Entry>> {
+        // A panic while holding the lock leaves plain data behind; keep serving.
+        self.table.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Register local interest in `channels` (duplicates ignored).
+    pub(crate) fn subscribe(self: &Arc<Self>, channels: &[String]) -> Subscription {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::channel(self.queue_len);
+        let overflow = CancellationToken::new();
+        let mut keys: Vec<Arc<str>> = Vec::with_capacity(channels.len());
+        let mut new = Vec::new();
+        {
+            let mut table = self.lock();
+            for name in channels {
+                if keys.iter().any(|k| **k == **name) {
+                    continue;
+                }
+                let key = match table.get_key_value(name.as_str()) {
+                    Some((k, _)) => k.clone(),
+                    None => {
+                        let k: Arc<str> = Arc::from(name.as_str());
+                        table.insert(k.clone(), Entry::default());
+                        new.push(k.clone());
+                        k
+                    }
+                };
+                if let Some(entry) = table.get_mut(&key) {
+                    entry.locals.push(Local {
+                        id,
+                        tx: tx.clone(),
+                        overflow: overflow.clone(),
+                    });
+                }
+                keys.push(key);
+            }
+        }
+        for key in new {
+            // The syncer lives as long as the registry; a send error means shutdown.
+            let _ = self.sync_tx.send(key);
+        }
+        Subscription {
+            id,
+            channels: keys,
+            rx,
+            overflow,
+            registry: self.clone(),
+        }
+    }
+
+    fn leave(&self, id: u64, channels: &[Arc<str>]) {
+        let mut empty = Vec::new();
+        {
+            let mut table = self.lock();
+            for key in channels {
+                if let Some(entry) = table.get_mut(key) {
+                    entry.locals.retain(|l| l.id != id);
+                    if entry.locals.is_empty() {
+                        table.remove(key);
+                        empty.push(key.clone());
+                    }
+                }
+            }
+        }
+        for key in empty {
+            let _ = self.sync_tx.send(key);
+        }
+    }
+
+    /// Fan one Redis message out to the local subscribers of `channel`.
+    pub(crate) fn dispatch(&self, channel: &str, payload: Payload) {
+        self.stats.messages.fetch_add(1, Ordering::Relaxed);
+        let table = self.lock();
+        let Some((key, entry)) = table.get_key_value(channel) else {
+            return;
+        };
+        for local in &entry.locals {
+            let delivery = Delivery {
+                channel: key.clone(),
+                payload: payload.clone(),
+            };
+            if let Err(mpsc::error::TrySendError::Full(_)) = local.tx.try_send(delivery)
+                && !local.overflow.is_cancelled()
+            {
+                local.overflow.cancel();
+                self.stats.overflows.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Whether every channel in `keys` is confirmed subscribed on Redis.
+    fn all_live(&self, keys: &[Arc<str>]) -> bool {
+        let table = self.lock();
+        keys.iter()
+            .all(|k| table.get(k).is_some_and(|entry| entry.live))
+    }
+
+    /// Number of channels with local interest.
+    pub(crate) fn channel_count(&self) -> usize {
+        self.lock().len()
+    }
+}
+
+/// The subscriber's queue was full and messages were dropped for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Overflowed;
+
+/// A socket's interest in a set of channels. Dropping it releases the interest (the last local
+/// listener of a channel makes the worker UNSUBSCRIBE).
+pub struct Subscription {
+    id: u64,
+    channels: Vec<Arc<str>>,
+    rx: mpsc::Receiver<Delivery>,
+    overflow: CancellationToken,
+    registry: Arc<Registry>,
+}
+
+impl Subscription {
+    /// The next message, or [`Overflowed`] once messages were dropped for this subscriber
+    /// (checked first). Never resolves for a subscription without channels.
+    pub async fn recv(&mut self) -> Result<Delivery, Overflowed> {
+        tokio::select! {
+            biased;
+            _ = self.overflow.cancelled() => Err(Overflowed),
+            d = self.rx.recv() => match d {
+                Some(d) => Ok(d),
+                // Only possible without channels: the registry holds a sender per channel.
+                None => std::future::pending().await,
+            },
+        }
+    }
+
+    /// Resolves once this subscriber's queue has overflowed (messages were dropped for it).
+    pub async fn overflowed(&self) {
+        self.overflow.cancelled().await;
+    }
+
+    /// Whether the queue has overflowed.
+    pub fn is_overflowed(&self) -> bool {
+        self.overflow.is_cancelled()
+    }
+
+    /// Resolves once Redis has confirmed the SUBSCRIBE of every channel. Callers bound it with
+    /// a timeout: while Redis is down it does not resolve.
+    pub async fn ready(&self) {
+        loop {
+            let notified = self.registry.synced.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.registry.all_live(&self.channels) {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// The channels, deduplicated, in the order asked for.
+    pub fn channels(&self) -> &[Arc<str>] {
+        &self.channels
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.registry.leave(self.id, &self.channels);
+    }
+}
+
+impl std::fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscription")
+            .field("id", &self.id)
+            .field("channels", &self.channels)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn drain(rx: &mut mpsc::UnboundedReceiver<Arc<str>>) -> Vec<String> {
+        let mut out = Vec::new();
+        while let Ok(c) = rx.try_recv() {
+            out.push(c.to_string());
+        }
+        out
+    }
+
+    #[test]
+    fn sync_is_requested_on_first_join_and_last_leave_only() {
+        let (reg, mut rx) = Registry::new(4);
+        let a = reg.subscribe(&names(&["x", "y", "x"]));
+        assert_eq!(a.channels().len(), 2, "duplicates ignored");
+        assert_eq!(drain(&mut rx), ["x", "y"]);
+        let b = reg.subscribe(&names(&["x"]));
+        assert!(drain(&mut rx).is_empty(), "x already wanted");
+        drop(a);
+        assert_eq!(drain(&mut rx), ["y"], "x still has b");
+        drop(b);
+        assert_eq!(drain(&mut rx), ["x"]);
+        assert_eq!(reg.channel_count(), 0);
+    }
+
+    #[tokio::test]
+    async fn fan_out_shares_the_payload_and_flags_only_the_full_queue() {
+        let (reg, _rx) = Registry::new(2);
+        let mut slow = reg.subscribe(&names(&["c"]));
+        let mut fast = reg.subscribe(&names(&["c", "other"]));
+        let body = Payload::from_bytes(bytes::Bytes::from_static(b"m"));
+        for _ in 0..2 {
+            reg.dispatch("c", body.clone());
+            let d = fast.recv().await.unwrap();
+            assert_eq!(&*d.channel, "c");
+            assert_eq!(d.payload.as_bytes().as_ptr(), body.as_bytes().as_ptr());
+        }
+        assert!(!slow.is_overflowed());
+        reg.dispatch("c", body.clone());
+        assert!(slow.is_overflowed());
+        assert!(!fast.is_overflowed());
+        assert_eq!(slow.recv().await.unwrap_err(), Overflowed);
+        assert_eq!(reg.stats.overflows.load(Ordering::Relaxed), 1);
+        reg.dispatch("nobody", body);
+        assert_eq!(reg.stats.messages.load(Ordering::Relaxed), 4);
+    }
+}

@@ -1,0 +1,293 @@
+//! One socket's life after the upgrade: replay, fan-in from the bus, publish, heartbeat, pings,
+//! limits, and the closing handshake.
+//!
+//! Invariants:
+//! - One task per socket, one `select!` loop; every `ws.send` happens in an arm body (through
+//!   `Session::send`), never as a branch future of the main loop. tungstenite buffers whole
+//!   frames, so abandoning a blocked send (queue overflow, shutdown, write timeout) never tears a
+//!   frame; the close frame follows it.
+//! - The bus never waits for this socket: it `try_send`s into the subscription's bounded queue
+//!   (`send_queue`); an overflow ends this socket with 1013 and nobody else notices.
+//! - Every way out is an `End` whose close code is chosen in `close.rs` and counted in
+//!   [`Stats`] exactly once.
+//! - Redis down: a socket that does not publish stays open and receives again once the bus has
+//!   reconnected; a socket that publishes during the outage is closed with 1013 and the reason
+//!   "redis unavailable, message not published", so the client knows the message was lost and
+//!   can retry after its reconnect backoff (ws4redis.js reconnects on close).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::{Instant, MissedTickBehavior, interval_at};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::error::Error as WsError;
+use tokio_util::sync::CancellationToken;
+
+use super::close::{End, finish};
+use super::echo::EchoFilter;
+use super::settings::Settings;
+use super::stats::{CloseReason, Stats};
+use crate::bus::channels::Channels;
+use crate::bus::{Bus, BusError, Delivery, Overflowed, Payload, Subscription};
+
+/// Everything one session needs besides its socket; built by the upgrade handler.
+#[derive(Clone, Debug)]
+pub struct SessionCtx {
+    /// The worker's bus.
+    pub bus: Bus,
+    /// The socket's channels, from [`crate::bus::channels::Namer::plan`].
+    pub channels: Channels,
+    /// The `echo` flag: deliver the socket's own messages back to it.
+    pub echo: bool,
+    /// The worker's session settings.
+    pub settings: Arc<Settings>,
+    /// The worker's socket counters.
+    pub stats: Arc<Stats>,
+}
+
+/// Drive one upgraded socket until it ends; returns when the socket is closed (or dropped).
+/// `shutdown` cancelled → close 1001 "going away".
+pub async fn run<S>(mut ws: WebSocketStream<S>, ctx: SessionCtx, shutdown: CancellationToken)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let close_timeout = ctx.settings.close_timeout;
+    let stats = ctx.stats.clone();
+    let mut session = Session::new(ctx, shutdown);
+    // Counted once the socket is registered with the bus (tests wait on this).
+    Stats::inc(&stats.opened);
+    let end = session.drive(&mut ws).await;
+    // Release the channels before the (bounded, possibly slow) closing handshake.
+    drop(session);
+    finish(&mut ws, end, close_timeout).await;
+    stats.record_close(end.reason);
+    tracing::debug!(reason = end.reason.as_str(), "websocket closed");
+}
+
+struct Session {
+    ctx: SessionCtx,
+    shutdown: CancellationToken,
+    sub: Subscription,
+    echo: EchoFilter,
+    /// Last time any frame arrived from the client.
+    last_seen: Instant,
+}
+
+impl Session {
+    fn new(ctx: SessionCtx, shutdown: CancellationToken) -> Self {
+        let sub = ctx.bus.subscribe(&ctx.channels.subscribe);
+        let echo = if ctx.echo {
+            EchoFilter::default()
+        } else {
+            EchoFilter::new(sub.channels(), &ctx.channels.publish)
+        };
+        Session {
+            ctx,
+            shutdown,
+            sub,
+            echo,
+            last_seen: Instant::now(),
+        }
+    }
+
+    async fn drive<S>(&mut self, ws: &mut WebSocketStream<S>) -> End
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        if let Err(end) = self.replay(ws).await {
+            return end;
+        }
+        let settings = self.ctx.settings.clone();
+        let start = Instant::now();
+        let mut heartbeat = interval_at(
+            start + settings.heartbeat_interval,
+            settings.heartbeat_interval,
+        );
+        heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut ping = interval_at(start + settings.ping_interval, settings.ping_interval);
+        ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+
+        loop {
+            let step = tokio::select! {
+                biased;
+                _ = self.shutdown.cancelled() => Err(End::new(CloseReason::GoingAway)),
+                frame = ws.next() => self.on_frame(ws, frame).await,
+                delivery = self.sub.recv() => match delivery {
+                    Ok(d) => self.deliver(ws, d).await,
+                    Err(Overflowed) => Err(End::new(CloseReason::Overloaded)),
+                },
+                _ = heartbeat.tick(), if settings.heartbeat.is_some() => {
+                    self.heartbeat(ws).await
+                }
+                _ = ping.tick() => {
+                    if self.last_seen.elapsed() > settings.ping_interval * 2 {
+                        Err(End::new(CloseReason::PingTimeout))
+                    } else {
+                        self.send(ws, Message::Ping(Bytes::new())).await
+                    }
+                }
+            };
+            if let Err(end) = step {
+                if end.reason == CloseReason::Overloaded {
+                    Stats::inc(&self.ctx.stats.dropped);
+                }
+                return end;
+            }
+        }
+    }
+
+    /// Send the stored last message of each subscribed channel (ws4redis replay), after Redis
+    /// confirmed the subscriptions so nothing published meanwhile falls in between.
+    async fn replay<S>(&mut self, ws: &mut WebSocketStream<S>) -> Result<(), End>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let channels = &self.ctx.channels.subscribe;
+        if channels.is_empty() || self.ctx.settings.expire == 0 || !self.ctx.bus.is_up() {
+            return Ok(());
+        }
+        let _ = tokio::time::timeout(self.ctx.settings.subscribe_timeout, self.sub.ready()).await;
+        let stored = match self.ctx.bus.stored(channels).await {
+            Ok(stored) => stored,
+            Err(e) => {
+                tracing::debug!(error = %e, "no replay");
+                return Ok(());
+            }
+        };
+        for body in stored {
+            self.send(ws, Payload::from_bytes(body).to_message())
+                .await?;
+            Stats::inc(&self.ctx.stats.replayed);
+            Stats::inc(&self.ctx.stats.delivered);
+        }
+        Ok(())
+    }
+
+    async fn on_frame<S>(
+        &mut self,
+        ws: &mut WebSocketStream<S>,
+        frame: Option<Result<Message, WsError>>,
+    ) -> Result<(), End>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        self.last_seen = Instant::now();
+        let body: Bytes = match frame {
+            Some(Ok(Message::Text(text))) => text.into(),
+            Some(Ok(Message::Binary(bytes))) => bytes,
+            // tungstenite answers pings itself; any frame proves the client alive.
+            Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => return Ok(()),
+            Some(Ok(Message::Close(_))) => return Err(End::new(CloseReason::Client)),
+            Some(Err(e)) => return Err(End::new(read_error_reason(&e))),
+            None => return Err(End::new(CloseReason::Abnormal)),
+        };
+        Stats::inc(&self.ctx.stats.received);
+        if let Some(hb) = &self.ctx.settings.heartbeat
+            && body[..] == *hb.as_bytes()
+        {
+            // The client's heartbeat is answered, never published (ws4redis.js counts on it).
+            return self.heartbeat(ws).await;
+        }
+        if body.is_empty() || self.ctx.channels.publish.is_empty() {
+            return Ok(());
+        }
+        self.publish(body).await
+    }
+
+    async fn publish(&mut self, body: Bytes) -> Result<(), End> {
+        self.echo.published(&body);
+        let expire = self.ctx.settings.expire;
+        match self
+            .ctx
+            .bus
+            .publish(&self.ctx.channels.publish, body.clone(), expire)
+            .await
+        {
+            Ok(()) => {
+                Stats::inc(&self.ctx.stats.published);
+                Ok(())
+            }
+            Err(e) => {
+                self.echo.unpublished(&body);
+                tracing::info!(error = %e, "publish failed; closing the socket");
+                Err(End::new(match e {
+                    BusError::Unavailable => CloseReason::RedisDown,
+                    BusError::Config(_) | BusError::Redis(_) => CloseReason::RedisError,
+                }))
+            }
+        }
+    }
+
+    async fn deliver<S>(&mut self, ws: &mut WebSocketStream<S>, d: Delivery) -> Result<(), End>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        if d.payload.is_empty() {
+            return Ok(());
+        }
+        if self.echo.is_own(&d.channel, d.payload.as_bytes()) {
+            Stats::inc(&self.ctx.stats.echo_suppressed);
+            return Ok(());
+        }
+        self.send(ws, d.payload.to_message()).await?;
+        Stats::inc(&self.ctx.stats.delivered);
+        Ok(())
+    }
+
+    async fn heartbeat<S>(&mut self, ws: &mut WebSocketStream<S>) -> Result<(), End>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let Some(hb) = self.ctx.settings.heartbeat.clone() else {
+            return Ok(());
+        };
+        self.send(ws, Message::Text(hb)).await?;
+        Stats::inc(&self.ctx.stats.heartbeats);
+        Ok(())
+    }
+
+    /// Send one frame, giving up when the socket overflows, the worker shuts down, or the write
+    /// has not completed within two ping intervals. A message too large for the write buffer
+    /// is skipped (counted), the socket stays.
+    async fn send<S>(&mut self, ws: &mut WebSocketStream<S>, msg: Message) -> Result<(), End>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let write_timeout: Duration = self.ctx.settings.ping_interval * 2;
+        tokio::select! {
+            biased;
+            r = ws.send(msg) => match r {
+                Ok(()) => Ok(()),
+                Err(WsError::WriteBufferFull(_)) => {
+                    Stats::inc(&self.ctx.stats.too_large);
+                    Ok(())
+                }
+                Err(_) => Err(End::new(CloseReason::Abnormal)),
+            },
+            _ = self.shutdown.cancelled() => Err(End::new(CloseReason::GoingAway)),
+            _ = self.sub.overflowed() => Err(End::new(CloseReason::Overloaded)),
+            _ = tokio::time::sleep(write_timeout) => Err(End::new(CloseReason::Abnormal)),
+        }
+    }
+}
+
+/// The close reason for an error from tungstenite's reader.
+fn read_error_reason(e: &WsError) -> CloseReason {
+    match e {
+        WsError::Capacity(_) => CloseReason::TooBig,
+        WsError::Utf8(_) => CloseReason::InvalidData,
+        WsError::Protocol(_) => CloseReason::Protocol,
+        _ => CloseReason::Abnormal,
+    }
+}
+
+/// The session future must be `Send` so the worker can spawn it on a multi-thread runtime.
+#[allow(dead_code)]
+fn assert_send(ctx: SessionCtx, ws: WebSocketStream<tokio::net::TcpStream>) {
+    fn is_send<T: Send>(_: T) {}
+    is_send(run(ws, ctx, CancellationToken::new()));
+}

@@ -1,0 +1,129 @@
+//! The upgrade: from a request under the websocket prefix to a running session.
+//!
+//! Everything that can refuse the socket happens before the 101, so the client gets an HTTP
+//! status that says why: a malformed handshake (400/426), a foreign `Origin` or a flag the
+//! session may not use (403), a bad facility (400), a full or draining worker (503). After the
+//! 101 the session runs on the worker's session tracker, which the drain waits for.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use http::header::{CONNECTION, SEC_WEBSOCKET_ACCEPT, UPGRADE};
+use http::{HeaderValue, StatusCode};
+use hyper::Request;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::Role;
+
+use super::handshake::{self, HandshakeError};
+use super::{ChannelError, Flags, Identity, SessionCtx, flags, websocket_config};
+use crate::auth::{cookie, session};
+use crate::http::response::{self, Response};
+use crate::worker::App;
+use crate::worker::net::Peer;
+use crate::worker::state::Gauge;
+
+/// Answer a request under the websocket prefix: 101 and a spawned session, or an HTTP error.
+pub async fn upgrade(app: Arc<App>, mut req: Request<Incoming>, _peer: Peer) -> Response {
+    match prepare(&app, &req).await {
+        Ok((accept, ctx)) => {
+            let on_upgrade = hyper::upgrade::on(&mut req);
+            let gauge = Gauge::enter(&app, |s| &s.ws_open);
+            let app2 = app.clone();
+            app.sessions.spawn(async move {
+                let _gauge = gauge;
+                match on_upgrade.await {
+                    Ok(upgraded) => {
+                        let ws = WebSocketStream::from_raw_socket(
+                            TokioIo::new(upgraded),
+                            Role::Server,
+                            Some(websocket_config(&app2.config)),
+                        )
+                        .await;
+                        super::run(ws, ctx, app2.shutdown.clone()).await;
+                    }
+                    Err(e) => tracing::debug!(error = %e, "upgrade failed"),
+                }
+            });
+            switching_protocols(&accept)
+        }
+        Err(e) => {
+            app.slot.ws_refused.fetch_add(1, Ordering::Relaxed);
+            if matches!(e, HandshakeError::Busy) {
+                app.slot.overload.fetch_add(1, Ordering::Relaxed);
+            }
+            response::handshake_error(&e)
+        }
+    }
+}
+
+/// Validate everything; returns the accept key and the session's context.
+async fn prepare(
+    app: &App,
+    req: &Request<Incoming>,
+) -> Result<(String, SessionCtx), HandshakeError> {
+    let accept = handshake::check(req, &app.config.allowed_origins)?;
+    if app.shutdown.is_cancelled()
+        || app.slot.ws_open.load(Ordering::Relaxed) >= app.config.max_connections as u64
+    {
+        return Err(HandshakeError::Busy);
+    }
+    let flags = Flags::parse(req.uri().query().unwrap_or(""));
+    let facility = flags::facility(req.uri().path(), &app.config.websocket_url)
+        .ok_or_else(|| HandshakeError::BadRequest("the facility is not valid".into()))?;
+    let identity = identify(app, req).await?;
+    let channels = app
+        .namer
+        .plan(&facility, &identity, flags.subscribe(), flags.publish())
+        .map_err(|e| match e {
+            ChannelError::Forbidden(why) => HandshakeError::Forbidden(why.to_string()),
+            other => HandshakeError::BadRequest(other.to_string()),
+        })?;
+    let ctx = SessionCtx {
+        bus: app.bus.clone(),
+        channels,
+        echo: flags.echo,
+        settings: app.ws_settings.clone(),
+        stats: app.ws_stats.clone(),
+    };
+    Ok((accept, ctx))
+}
+
+/// Who is on the socket: the web app's session (cookie `sessionid`), else anonymous. A
+/// cookie that is malformed, unknown or expired is anonymous; it never reaches Redis with odd
+/// bytes, because the key's shape is checked first.
+async fn identify(app: &App, req: &Request<Incoming>) -> Result<Identity, HandshakeError> {
+    let Some(key) = cookie::find(req.headers(), cookie::SESSION_COOKIE) else {
+        return Ok(Identity::anonymous());
+    };
+    if !session::valid_key(key) {
+        return Ok(Identity::anonymous());
+    }
+    match app.sessions_store.load(key).await {
+        Ok(Some(record)) => Ok(Identity {
+            username: Some(record.username),
+            groups: record.groups,
+            session_key: Some(key.to_owned()),
+            is_staff: record.is_staff,
+        }),
+        Ok(None) => Ok(Identity::anonymous()),
+        Err(e) if e.is_unavailable() => Err(HandshakeError::Unavailable),
+        Err(e) => {
+            tracing::warn!(error = %e, "session lookup failed; treating the socket as anonymous");
+            Ok(Identity::anonymous())
+        }
+    }
+}
+
+fn switching_protocols(accept: &str) -> Response {
+    let mut r = response::text(StatusCode::SWITCHING_PROTOCOLS, "");
+    let h = r.headers_mut();
+    h.remove(http::header::CONTENT_TYPE);
+    h.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    h.insert(UPGRADE, HeaderValue::from_static("websocket"));
+    if let Ok(v) = HeaderValue::from_str(accept) {
+        h.insert(SEC_WEBSOCKET_ACCEPT, v);
+    }
+    r
+}
