@@ -121,9 +121,15 @@ impl Bus {
     /// Redis. Fails only on a configuration error, never because Redis is down. Must run inside
     /// the worker's runtime (it spawns tasks).
     pub async fn connect(config: &Config) -> Result<Bus, BusError> {
-        let bad_config = |e: RedisError| BusError::Config(format!("{}: {e}", config.redis_url));
-        check_scheme(&config.redis_url)?;
-        let mut redis = RedisConfig::from_url(&config.redis_url).map_err(bad_config)?;
+        Self::connect_url(&config.redis_url, config.send_queue).await
+    }
+
+    /// [`Bus::connect`] with just the Redis URL and the per-socket queue bound (for one-off
+    /// commands such as `wsredis publish`).
+    pub async fn connect_url(redis_url: &str, send_queue: usize) -> Result<Bus, BusError> {
+        let bad_config = |e: RedisError| BusError::Config(format!("{redis_url}: {e}"));
+        check_scheme(redis_url)?;
+        let mut redis = RedisConfig::from_url(redis_url).map_err(bad_config)?;
         redis.fail_fast = false;
         let policy = ReconnectPolicy::new_exponential(0, RECONNECT_MIN_MS, RECONNECT_MAX_MS, 2);
 
@@ -143,7 +149,7 @@ impl Bus {
 
         // Take the receiver before anything is subscribed.
         let messages = subscriber.message_rx();
-        let (registry, sync_rx) = Registry::new(config.send_queue);
+        let (registry, sync_rx) = Registry::new(send_queue);
 
         let _commands_task = commands.connect();
         let _subscriber_task = subscriber.connect();
@@ -177,15 +183,17 @@ impl Bus {
     }
 
     /// PUBLISH `payload` to each channel and, when `expire_secs > 0`, `SET channel payload EX
-    /// expire_secs` (the ws4redis persisted last message), all in one pipeline.
+    /// expire_secs` (the ws4redis persisted last message), all in one pipeline. Returns how
+    /// many subscribers Redis delivered to (summed over the channels; one per subscribed worker
+    /// or host, not per socket).
     pub async fn publish(
         &self,
         channels: &[String],
         payload: Bytes,
         expire_secs: u64,
-    ) -> Result<(), BusError> {
+    ) -> Result<u64, BusError> {
         if channels.is_empty() {
-            return Ok(());
+            return Ok(0);
         }
         if !self.inner.commands.is_connected() {
             return Err(BusError::Unavailable);
@@ -206,10 +214,16 @@ impl Bus {
                 .await?;
             }
         }
-        for result in pipe.try_all::<Value>().await {
-            result?;
+        let mut receivers = 0u64;
+        for (i, result) in pipe.try_all::<Value>().await.into_iter().enumerate() {
+            let value = result?;
+            // Replies alternate PUBLISH (an integer), SET (OK) when persisting.
+            let is_publish = expire <= 0 || i % 2 == 0;
+            if is_publish && let Value::Integer(n) = value {
+                receivers += u64::try_from(n).unwrap_or(0);
+            }
         }
-        Ok(())
+        Ok(receivers)
     }
 
     /// The persisted last message of each channel that has one, in the order given.
