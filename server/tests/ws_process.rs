@@ -98,22 +98,23 @@ async fn publish_api(server: &Server, body: serde_json::Value) -> common::server
 async fn one_publish_reaches_sockets_on_every_worker() {
     let server = Server::start_env(&["--workers", "4"], &[("WSREDIS_API_TOKEN", TOKEN)]);
     let redis = server.redis.as_ref().unwrap();
+    // The workers share one listening socket and the kernel gives each connection to whichever
+    // worker accepts first, so connect in concurrent batches until two workers hold sockets.
     let mut sockets = Vec::new();
-    for _ in 0..40 {
-        sockets.push(
-            connect(&server.base(), "/ws/foo?subscribe-broadcast", None)
-                .await
-                .unwrap(),
-        );
+    let base = server.base();
+    while numsub(redis, "broadcast:foo") < 2 {
+        assert!(sockets.len() < 800, "800 sockets all landed on one worker");
+        let batch = (0..20).map(|_| connect(&base, "/ws/foo?subscribe-broadcast", None));
+        for ws in futures_util::future::join_all(batch).await {
+            sockets.push(ws.unwrap());
+        }
+        let _ = eventually(Duration::from_millis(200), || {
+            numsub(redis, "broadcast:foo") >= 2
+        })
+        .await;
     }
-    // Each worker with sockets subscribes once: at least two workers share the 40 sockets.
-    assert!(
-        eventually(Duration::from_secs(5), || numsub(redis, "broadcast:foo")
-            >= 2)
-        .await
-    );
     let workers = numsub(redis, "broadcast:foo");
-    println!("40 sockets spread over {workers} workers");
+    println!("{} sockets spread over {workers} workers", sockets.len());
 
     // The ws4redis wire format from outside: any Redis client can publish.
     redis.cli(&["PUBLISH", "broadcast:foo", "from redis-cli"]);
@@ -319,6 +320,12 @@ async fn sockets_survive_a_redis_restart_and_publishes_fail_clearly_meanwhile() 
         );
     }
     let redis = server.redis.as_mut().unwrap();
+    assert!(
+        eventually(Duration::from_secs(5), || numsub(redis, "broadcast:news")
+            >= 1)
+        .await
+    );
+    let subscribed = numsub(redis, "broadcast:news");
     redis.stop();
     let status = |s: &Server| {
         let h = s.base();
@@ -343,17 +350,10 @@ async fn sockets_survive_a_redis_restart_and_publishes_fail_clearly_meanwhile() 
     );
     server.redis.as_mut().unwrap().restart();
     let redis = server.redis.as_ref().unwrap();
+    // Every worker that holds sockets has resubscribed.
     assert!(
         eventually(Duration::from_secs(15), || numsub(redis, "broadcast:news")
-            >= 1)
-        .await
-    );
-    let workers = server.worker_pids().len();
-    assert!(
-        eventually(Duration::from_secs(15), || {
-            // Every worker that holds sockets has resubscribed.
-            numsub(redis, "broadcast:news") as usize >= workers.min(2)
-        })
+            == subscribed)
         .await
     );
     let r = publish_api(
@@ -436,4 +436,105 @@ async fn redis_over_a_unix_socket() {
     let _ = redis.kill();
     let _ = redis.wait();
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Send raw request bytes and return the status line and the body.
+async fn raw(base: &str, request: &str) -> (String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = TcpStream::connect(base).await.unwrap();
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text.lines().next().unwrap_or_default().to_owned();
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
+    (status, body)
+}
+
+#[tokio::test]
+async fn handshake_errors_say_what_is_wrong() {
+    let server = Server::start(&["--workers", "1", "--max-connections", "3"]);
+    let base = server.base();
+    let upgrade = |version: &str, extra: &str| {
+        format!(
+            "GET /ws/foo?subscribe-broadcast {version}\r\nHost: {base}\r\nUpgrade: websocket\r\n\
+             Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{extra}\r\n"
+        )
+    };
+    let (status, body) = raw(&base, &upgrade("HTTP/1.0", "Sec-WebSocket-Version: 13\r\n")).await;
+    assert!(status.contains(" 400 "), "{status}");
+    assert!(body.contains("must upgrade to a websocket"), "{body}");
+    let (status, _) = raw(
+        &base,
+        &upgrade(
+            "HTTP/1.1",
+            "Sec-WebSocket-Version: 8\r\nConnection: close\r\n",
+        ),
+    )
+    .await;
+    assert!(status.contains(" 426 "), "{status}");
+    let post = format!(
+        "POST /ws/foo HTTP/1.1\r\nHost: {base}\r\nUpgrade: websocket\r\nConnection: Upgrade, close\r\nContent-Length: 0\r\n\r\n"
+    );
+    let (status, body) = raw(&base, &post).await;
+    assert!(
+        status.contains(" 400 ") && body.contains("must upgrade"),
+        "{status} {body}"
+    );
+    let (status, _) = raw(
+        &base,
+        &upgrade(
+            "HTTP/1.1",
+            "Sec-WebSocket-Version: 13\r\nOrigin: https://evil.example\r\nConnection: close\r\n",
+        ),
+    )
+    .await;
+    assert!(
+        status.contains(" 403 "),
+        "a cross-site handshake is refused: {status}"
+    );
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(
+            connect(&base, "/ws/foo?subscribe-broadcast", None)
+                .await
+                .unwrap(),
+        );
+    }
+    let err = connect(&base, "/ws/foo?subscribe-broadcast", None)
+        .await
+        .unwrap_err();
+    assert!(err.contains("503"), "over the connection limit: {err}");
+    drop(held);
+}
+
+#[tokio::test]
+async fn client_pings_never_hold_up_delivery() {
+    let server = Server::start(&["--workers", "1"]);
+    let redis = server.redis.as_ref().unwrap();
+    let mut ws = connect(&server.base(), "/ws/p?subscribe-broadcast", None)
+        .await
+        .unwrap();
+    assert!(eventually(Duration::from_secs(5), || numsub(redis, "broadcast:p") == 1).await);
+    let (mut pongs, mut texts) = (0, Vec::new());
+    for i in 0..50 {
+        for _ in 0..20 {
+            ws.send(Message::Ping(Bytes::from_static(b"p")))
+                .await
+                .unwrap();
+        }
+        redis.cli(&["PUBLISH", "broadcast:p", &i.to_string()]);
+    }
+    while texts.len() < 50 || pongs < 1000 {
+        match tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
+            Ok(Some(Ok(Message::Pong(_)))) => pongs += 1,
+            Ok(Some(Ok(Message::Text(t)))) => texts.push(t.to_string()),
+            other => panic!(
+                "after {pongs} pongs and {} messages: {other:?}",
+                texts.len()
+            ),
+        }
+    }
+    let want: Vec<String> = (0..50).map(|i| i.to_string()).collect();
+    assert_eq!(texts, want, "every message, in order, between the pongs");
 }
