@@ -23,9 +23,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use fred::clients::Pipeline;
 use fred::clients::{Client, SubscriberClient};
 use fred::error::{Error as RedisError, ErrorKind};
 use fred::interfaces::{ClientLike, EventInterface, KeysInterface, PubsubInterface};
+use fred::types::config::Options;
 use fred::types::config::{Config as RedisConfig, ReconnectPolicy};
 use fred::types::{Builder, Expiration, Value};
 
@@ -199,7 +201,14 @@ impl Bus {
             return Err(BusError::Unavailable);
         }
         let expire = i64::try_from(expire_secs).unwrap_or(i64::MAX);
-        let pipe = self.inner.commands.pipeline();
+        // Never queued behind a reconnect nor retried: a publish that is reported as failed
+        // must not reach anyone later (fred would otherwise replay it once Redis is back).
+        let pipe = Pipeline::from(self.inner.commands.with_options(&Options {
+            fail_fast: true,
+            max_attempts: Some(1),
+            timeout: Some(COMMAND_TIMEOUT),
+            ..Options::default()
+        }));
         for channel in channels {
             pipe.publish::<(), _, _>(channel.as_str(), payload.clone())
                 .await?;
