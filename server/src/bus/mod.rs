@@ -40,9 +40,12 @@ use registry::Registry;
 /// Commands (and SUBSCRIBEs) taking longer than this fail, so a socket is not held hostage by
 /// a Redis that accepts connections but does not answer.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(3);
-/// Reconnect backoff: 100 ms doubling up to 2 s, forever.
-const RECONNECT_MIN_MS: u32 = 100;
+/// Reconnect backoff: 5 ms doubling up to 2 s, forever. fred waits the first delay even
+/// before the very first connection, so a long first step would slow every worker start.
+const RECONNECT_MIN_MS: u32 = 5;
 const RECONNECT_MAX_MS: u32 = 2_000;
+/// Random extra delay per reconnect attempt.
+const RECONNECT_JITTER_MS: u32 = 20;
 /// fred's pub/sub broadcast buffer (its default of 32 drops messages under bursts). Each
 /// event channel of the subscriber preallocates this many slots.
 const MESSAGE_BUFFER: usize = 8_192;
@@ -133,7 +136,10 @@ impl Bus {
         check_scheme(redis_url)?;
         let mut redis = RedisConfig::from_url(redis_url).map_err(bad_config)?;
         redis.fail_fast = false;
-        let policy = ReconnectPolicy::new_exponential(0, RECONNECT_MIN_MS, RECONNECT_MAX_MS, 2);
+        let mut policy = ReconnectPolicy::new_exponential(0, RECONNECT_MIN_MS, RECONNECT_MAX_MS, 2);
+        // fred adds up to 100 ms of random jitter to every delay, the first included; a little
+        // still spreads the reconnects of many workers after a Redis restart.
+        policy.set_jitter(RECONNECT_JITTER_MS);
 
         let commands = Builder::from_config(redis.clone())
             .set_policy(policy.clone())
