@@ -3,6 +3,7 @@
 //! A websocket upgrade is told from a plain request by method, headers and the websocket
 //! prefix; `ws::handshake` validates it. Everything else is a page, the API or health.
 
+pub mod forwarded;
 pub mod health;
 pub mod response;
 
