@@ -5,10 +5,11 @@ BIN := target/release/wsredis
 PORT ?= 8000
 WORKERS ?= $(shell nproc)
 
-.PHONY: help deps build test lint unit run-standalone bench-http clean
+.PHONY: help deps deps-deploy build test lint unit run-standalone run-behind-nginx bench-http clean
 
 help:
 	@echo "make run-standalone  build and start the server on :$(PORT) (all set-up included)"
+	@echo "make run-behind-nginx  Redis, an HTTP pool and a websocket pool behind nginx on :8080"
 	@echo "make test            install what tests need, then lint and run every test"
 	@echo "make build           release build"
 	@echo "make lint            cargo fmt --check and clippy -D warnings"
@@ -27,11 +28,20 @@ lint:
 unit:
 	$(CARGO) test --workspace --locked
 
-test: deps lint unit
+test: deps deps-deploy lint unit
+
+# What the deployment tests (server/tests/deploy_*.rs) need besides redis-server; a test whose
+# tool cannot be installed says so and skips.
+deps-deploy:
+	@scripts/ensure-deps.sh nginx promtool || echo "deps-deploy: could not install nginx/promtool; those tests will skip" >&2
 
 run-standalone: build
 	@mkdir -p var
 	exec $(BIN) serve --bind 127.0.0.1:$(PORT) --workers $(WORKERS)
+
+run-behind-nginx: build
+	@scripts/ensure-deps.sh nginx
+	exec scripts/run-behind-nginx.sh
 
 bench-http: build
 	@scripts/ensure-deps.sh wrk

@@ -13,6 +13,7 @@ for extra in "$@"; do
   case "$extra" in
     nginx) command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || want+=(nginx-light) ;;
     chromium) command -v chromium >/dev/null 2>&1 || want+=(chromium chromium-driver) ;;
+    promtool) command -v promtool >/dev/null 2>&1 || want+=(prometheus) ;;
     wrk) command -v wrk >/dev/null 2>&1 || want+=(wrk) ;;
     *) command -v "$extra" >/dev/null 2>&1 || want+=("$extra") ;;
   esac

@@ -8,7 +8,7 @@
 //! - [`supervisor`]: the master: listener, signals, worker table. No runtime, one thread.
 //! - [`worker`]: a worker process: runtime after exec, the `serve` seam, draining.
 //! - [`metrics`]: per-worker slots in shared memory; the master's aggregated exposition.
-//! - [`http`]: routing by mode, health, responses and status mapping.
+//! - [`http`]: routing by mode, health, responses and status mapping, trusted forwarded headers.
 //! - [`ws`]: the handshake, ws4redis flags, tungstenite settings, one socket's session loop.
 //! - [`bus`]: the per-worker Redis connections (one subscriber, one command client), channel
 //!   names, and the fan-out of Redis messages to local sockets.

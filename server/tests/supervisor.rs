@@ -269,7 +269,7 @@ async fn master_metrics_aggregate_workers_and_never_go_backwards() {
             200
         );
     }
-    let healthz = r#"wsredis_http_requests_total{route="healthz",status="2xx"}"#;
+    let healthz = r#"wsredis_http_requests_total{pool="all",route="healthz",status="2xx"}"#;
     let text = common::server::scrape(&metrics).await;
     let before = common::server::sample(&text, healthz).unwrap();
     assert!(before >= 50.0, "{text}");
@@ -299,10 +299,13 @@ async fn master_metrics_aggregate_workers_and_never_go_backwards() {
         "counter went backwards: {before} -> {after}"
     );
     assert_eq!(
-        common::server::sample(&text, r#"wsredis_worker_restarts_total{cause="crash"}"#),
+        common::server::sample(
+            &text,
+            r#"wsredis_worker_restarts_total{pool="all",cause="crash"}"#
+        ),
         Some(1.0)
     );
-    assert!(text.contains("wsredis_worker_resident_memory_bytes{worker="));
+    assert!(text.contains("wsredis_worker_resident_memory_bytes{pool=\"all\",worker="));
     let t0 = Instant::now();
     for _ in 0..20 {
         common::server::scrape(&metrics).await;

@@ -4,6 +4,7 @@
 //! prefix; `ws::handshake` validates it. Everything else is a page, the API or health.
 
 pub mod api;
+pub mod forwarded;
 pub mod health;
 pub mod response;
 

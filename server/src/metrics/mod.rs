@@ -348,6 +348,14 @@ pub fn render(pool: &str, slots: &Slots, master: &MasterStats, live: &[LiveWorke
         COUNTER,
         vec![counter(&pool_l, cpu_live + retired)],
     ));
+    // Every series names its pool, so both pools can share one job and one dashboard.
+    for m in fams.iter_mut().flat_map(|f| f.mut_metric().iter_mut()) {
+        if !m.get_label().iter().any(|l| l.name() == "pool") {
+            let mut l = labels(&pool_l);
+            l.extend(m.take_label());
+            m.set_label(l);
+        }
+    }
     let mut out = Vec::new();
     let _ = TextEncoder::new().encode(&fams, &mut out);
     String::from_utf8(out).unwrap_or_default()
@@ -410,9 +418,17 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("wsredis_websockets_closed_total{pool=\"all\",code=\"1001\"} 1"));
-        assert!(text.contains("wsredis_worker_restarts_total{cause=\"crash\"} 1"));
-        assert!(text.contains("wsredis_http_requests_total{route=\"healthz\",status=\"2xx\"} 1"));
-        assert!(text.contains("wsredis_worker_resident_memory_bytes{worker=\"1\"}"));
+        assert!(text.contains("wsredis_worker_restarts_total{pool=\"all\",cause=\"crash\"} 1"));
+        assert!(text.contains(
+            "wsredis_http_requests_total{pool=\"all\",route=\"healthz\",status=\"2xx\"} 1"
+        ));
+        assert!(text.contains("wsredis_worker_resident_memory_bytes{pool=\"all\",worker=\"1\"}"));
+        assert!(
+            text.lines()
+                .filter(|l| !l.starts_with('#'))
+                .all(|l| l.contains("pool=\"all\"")),
+            "{text}"
+        );
         assert_eq!(text.matches("# TYPE wsredis_delivered_total").count(), 1);
     }
 }

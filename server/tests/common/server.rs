@@ -20,7 +20,9 @@ pub fn binary() -> PathBuf {
 pub struct Server {
     /// The master process.
     pub child: Child,
-    /// Its TCP port on 127.0.0.1.
+    /// Its loopback address (127.0.0.1 unless started with [`Server::start_at`]).
+    pub host: String,
+    /// Its TCP port on `host`.
     pub port: u16,
     /// Where its log goes.
     pub log: PathBuf,
@@ -36,12 +38,17 @@ impl Server {
 
     /// Like [`Server::start`], with extra environment variables.
     pub fn start_env(args: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::start_at("127.0.0.1", args, env)
+    }
+
+    /// Like [`Server::start_env`], listening on `host` (another loopback address, such as
+    /// 127.0.0.2, stands for another machine).
+    pub fn start_at(host: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
         let port = free_port();
         let log = std::env::temp_dir().join(format!("wsredis-test-{port}.log"));
         let logfile = std::fs::File::create(&log).unwrap();
         let mut cmd = Command::new(binary());
-        cmd.arg("serve")
-            .args(["--bind", &format!("127.0.0.1:{port}")]);
+        cmd.arg("serve").args(["--bind", &format!("{host}:{port}")]);
         if !args.contains(&"--metrics-bind") {
             cmd.args(["--metrics-bind", "off"]);
         }
@@ -59,6 +66,7 @@ impl Server {
             .expect("start wsredis");
         let server = Server {
             child,
+            host: host.to_owned(),
             port,
             log,
             redis,
@@ -67,7 +75,7 @@ impl Server {
         assert!(
             wait_until(Duration::from_secs(20), || server.worker_pids().len()
                 == want
-                && probe(port)),
+                && probe(host, port)),
             "server did not start; log:\n{}",
             server.log_text()
         );
@@ -79,9 +87,9 @@ impl Server {
         self.child.id() as i32
     }
 
-    /// `http://127.0.0.1:PORT`.
+    /// `HOST:PORT`.
     pub fn base(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        format!("{}:{}", self.host, self.port)
     }
 
     /// Pids of the master's live (non-zombie) children.
@@ -169,9 +177,9 @@ pub fn children_of(pid: i32) -> Vec<i32> {
 }
 
 /// Whether `/healthz` answers 200 on a fresh connection (blocking, for start-up).
-fn probe(port: u16) -> bool {
+fn probe(host: &str, port: u16) -> bool {
     use std::io::{Read, Write};
-    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+    let Ok(mut s) = std::net::TcpStream::connect((host, port)) else {
         return false;
     };
     let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
