@@ -9,13 +9,13 @@ WORKERS ?= $(shell nproc)
 
 help:
 	@echo "make run-standalone  build and start the server on :$(PORT) (all set-up included)"
-	@echo "make test            install what tests need, then lint and run every test"
+	@echo "make test            install what tests need (chromium included), lint, run every test"
 	@echo "make build           release build"
 	@echo "make lint            cargo fmt --check and clippy -D warnings"
 	@echo "make bench-http      wrk against /healthz with 1 and N workers, and respawn latency"
 
 deps:
-	@scripts/ensure-deps.sh
+	@scripts/ensure-deps.sh chromium
 
 build: deps
 	$(CARGO) build --release --locked
@@ -30,8 +30,7 @@ unit:
 test: deps lint unit
 
 run-standalone: build
-	@mkdir -p var
-	exec $(BIN) serve --bind 127.0.0.1:$(PORT) --workers $(WORKERS)
+	BIN=$(BIN) PORT=$(PORT) WORKERS=$(WORKERS) scripts/run-standalone.sh
 
 bench-http: build
 	@scripts/ensure-deps.sh wrk
