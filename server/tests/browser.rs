@@ -186,7 +186,7 @@ async fn chat_in_two_browsers() {
     let driver = Driver::start();
     let admin = driver.browser("admin").await;
     let erin = driver.browser("erin").await;
-    let result = scenario(&base, &admin, &erin).await;
+    let result = scenario(&server, &base, &admin, &erin).await;
     let _ = admin.close().await;
     let _ = erin.close().await;
     if let Err(e) = result {
@@ -194,7 +194,12 @@ async fn chat_in_two_browsers() {
     }
 }
 
-async fn scenario(base: &str, admin: &Client, erin: &Client) -> Result<(), String> {
+async fn scenario(
+    server: &common::server::Server,
+    base: &str,
+    admin: &Client,
+    erin: &Client,
+) -> Result<(), String> {
     // The admin creates erin, in the group chatusers.
     login(admin, base, "admin", "secret", "/admin/").await;
     admin
@@ -263,5 +268,110 @@ async fn scenario(base: &str, admin: &Client, erin: &Client) -> Result<(), Strin
     }
     screenshot(admin, "userchat-admin").await;
     screenshot(erin, "userchat-erin").await;
+
+    // A rolling reload closes every socket (1001); the pages reconnect to the new workers.
+    let old = server.worker_pids();
+    server.signal(nix::sys::signal::Signal::SIGHUP);
+    let replaced = common::eventually(Duration::from_secs(30), || {
+        let now = server.worker_pids();
+        now.len() == old.len() && now.iter().all(|p| !old.contains(p))
+    })
+    .await;
+    if !replaced {
+        return Err("the workers were not replaced after SIGHUP".into());
+    }
+    send(admin, "after the reload").await;
+    if !shows(erin, "#billboard", "admin: after the reload").await {
+        return Err("erin's page did not reconnect after the reload".into());
+    }
+    connected(erin).await;
     Ok(())
 }
+
+/// The JS client on its own, in the browser, against a fake `WebSocket`: heartbeats are not
+/// delivered, silence past the heartbeat limit reconnects, the backoff is bounded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn js_client_heartbeats_and_reconnects() {
+    let db = Database::with_fixtures();
+    let server = db.serve(&["--workers", "1"]);
+    let driver = Driver::start();
+    let browser = driver.browser("client").await;
+    browser
+        .goto(&format!("http://{}/chat/", server.base()))
+        .await
+        .unwrap();
+    let result = browser
+        .execute_async(JS_CLIENT_CHECK, Vec::new())
+        .await
+        .expect("the script ran");
+    let _ = browser.close().await;
+    let events: Vec<String> = result["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e.as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        events[..3],
+        ["connecting", "connected", "msg:hello"],
+        "{events:?}"
+    );
+    assert!(
+        !events.iter().any(|e| e.contains("--hb--")),
+        "heartbeats are not delivered: {events:?}"
+    );
+    let closed = events
+        .iter()
+        .position(|e| e == "closed:4000")
+        .unwrap_or_else(|| panic!("silence closes the socket: {events:?}"));
+    assert_eq!(
+        events[closed + 1..closed + 3],
+        ["connecting", "connected"],
+        "and it reconnects: {events:?}"
+    );
+    assert!(result["sockets"].as_u64().unwrap() >= 2);
+    assert!(
+        result["sent"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m == "--hb--"),
+        "the client sends heartbeats: {result}"
+    );
+    for bound in result["bounds"].as_array().unwrap() {
+        assert!(bound.as_u64().unwrap() <= 40, "backoff is capped: {result}");
+    }
+}
+
+/// Runs in the page: a fake `WebSocket` that opens, delivers a heartbeat and a message, then
+/// stays silent.
+const JS_CLIENT_CHECK: &str = r#"
+const done = arguments[arguments.length - 1];
+const events = [];
+const all = [];
+class Fake {
+  constructor(url) {
+    this.url = url; this.readyState = 0; this.sent = []; all.push(this);
+    setTimeout(() => { this.readyState = 1; if (this.onopen) this.onopen(); }, 5);
+  }
+  send(m) { this.sent.push(m); }
+  close() { this.readyState = 3; }
+}
+const real = window.WebSocket;
+window.WebSocket = Fake;
+const c = WSRedis({
+  uri: 'ws://example.invalid/ws/t?subscribe-broadcast', heartbeat_msg: '--hb--',
+  heartbeat_interval: 50, max_missed_heartbeats: 3, backoff_base: 10, backoff_max: 40,
+  connecting: () => events.push('connecting'), connected: () => events.push('connected'),
+  receive_message: (m) => events.push('msg:' + m),
+  disconnected: (e) => events.push('closed:' + e.code)
+});
+setTimeout(() => { all[0].onmessage({ data: '--hb--' }); all[0].onmessage({ data: 'hello' }); }, 30);
+setTimeout(() => {
+  window.WebSocket = real;
+  const bounds = [];
+  for (let i = 0; i < 50; i++) bounds.push(c.backoff(i % 12));
+  c.close();
+  done({ events, sockets: all.length, sent: all[0].sent, bounds });
+}, 900);
+"#;

@@ -43,8 +43,8 @@ impl Database {
         Command::new(server::binary())
             .args(args)
             .args(["--database-url", &self.url])
-            .envs(env.iter().copied())
             .env_remove("WSREDIS_PASSWORD")
+            .envs(env.iter().copied())
             .output()
             .expect("run wsredis")
     }
