@@ -111,17 +111,27 @@ pub(super) fn broadcast(app: &App, req: &PageRequest, v: &Visitor) -> Result<Res
     page(app, req, v, &BROADCAST, Vec::new())
 }
 
-/// GET `/userchat/`: the active users to pick from.
-pub(super) async fn user_page(
+/// GET `/userchat/` (the active users to pick from) or `/groupchat/` (the groups).
+pub(super) async fn recipients_page(
     app: &App,
     req: &PageRequest,
     v: &Visitor,
+    to_group: bool,
 ) -> Result<Response, PageError> {
     v.require_login(&req.path)?;
-    let targets = app
-        .store
-        .list_users()
-        .await?
+    if to_group {
+        let groups = app.store.list_groups().await?;
+        let targets = groups
+            .into_iter()
+            .map(|g| Target {
+                value: g.name.clone(),
+                label: g.name,
+            })
+            .collect();
+        return page(app, req, v, &GROUP, targets);
+    }
+    let users = app.store.list_users().await?;
+    let targets = users
         .into_iter()
         .filter(|u| u.is_active)
         .map(|u| Target {
@@ -135,28 +145,18 @@ pub(super) async fn user_page(
     page(app, req, v, &USER, targets)
 }
 
-/// GET `/groupchat/`.
-pub(super) async fn group_page(
+/// POST `/userchat/` (`user`, `message`) or `/groupchat/` (`group`, `message`): publish
+/// `"<sender>: <message>"` to that user's (group's) browsers.
+pub(super) async fn send(
     app: &App,
     req: &PageRequest,
     v: &Visitor,
+    to_group: bool,
 ) -> Result<Response, PageError> {
-    v.require_login(&req.path)?;
-    let targets = app
-        .store
-        .list_groups()
-        .await?
-        .into_iter()
-        .map(|g| Target {
-            value: g.name.clone(),
-            label: g.name,
-        })
-        .collect();
-    page(app, req, v, &GROUP, targets)
-}
-
-/// The message of a send form: non-empty, within the websocket message limit.
-fn message<'a>(app: &App, req: &'a PageRequest) -> Result<&'a str, PageError> {
+    let sender = v
+        .session
+        .as_ref()
+        .ok_or(PageError::Forbidden("log in to send messages"))?;
     let text = req.form.text("message").trim();
     if text.is_empty() {
         return Err(PageError::BadRequest("the message is empty".into()));
@@ -167,57 +167,22 @@ fn message<'a>(app: &App, req: &'a PageRequest) -> Result<&'a str, PageError> {
             app.config.max_message_size
         )));
     }
-    Ok(text)
-}
-
-async fn publish(
-    app: &App,
-    channel: String,
-    sender: &str,
-    text: &str,
-) -> Result<Response, PageError> {
-    let payload = Bytes::from(format!("{sender}: {text}"));
+    let channel = if to_group {
+        let name = req.form.text("group");
+        let groups = app.store.list_groups().await?;
+        if !groups.iter().any(|g| g.name == name) {
+            return Err(PageError::NotFound("no such group"));
+        }
+        app.namer.group(name, FACILITY)
+    } else {
+        let name = req.form.text("user");
+        let user = app.store.user_by_username(name).await?;
+        let user = user.ok_or(PageError::NotFound("no such user"))?;
+        app.namer.user(&user.username, FACILITY)
+    };
+    let payload = Bytes::from(format!("{}: {text}", sender.username));
     app.bus
         .publish(&[channel], payload, app.config.expire)
         .await?;
     Ok(response::text(StatusCode::OK, "OK"))
-}
-
-/// POST `/userchat/` (`user`, `message`): publish to that user's browsers.
-pub(super) async fn send_to_user(
-    app: &App,
-    req: &PageRequest,
-    v: &Visitor,
-) -> Result<Response, PageError> {
-    let sender = v
-        .session
-        .as_ref()
-        .ok_or(PageError::Forbidden("log in to send messages"))?;
-    let text = message(app, req)?;
-    let target = req.form.text("user");
-    let Some(user) = app.store.user_by_username(target).await? else {
-        return Err(PageError::NotFound("no such user"));
-    };
-    let channel = app.namer.user(&user.username, FACILITY);
-    publish(app, channel, &sender.username, text).await
-}
-
-/// POST `/groupchat/` (`group`, `message`): publish to the group's browsers.
-pub(super) async fn send_to_group(
-    app: &App,
-    req: &PageRequest,
-    v: &Visitor,
-) -> Result<Response, PageError> {
-    let sender = v
-        .session
-        .as_ref()
-        .ok_or(PageError::Forbidden("log in to send messages"))?;
-    let text = message(app, req)?;
-    let target = req.form.text("group");
-    let groups = app.store.list_groups().await?;
-    let Some(group) = groups.into_iter().find(|g| g.name == target) else {
-        return Err(PageError::NotFound("no such group"));
-    };
-    let channel = app.namer.group(&group.name, FACILITY);
-    publish(app, channel, &sender.username, text).await
 }
