@@ -117,7 +117,7 @@ pub fn set_cookie(r: &mut Response, value: &str) {
 /// The one place where page errors become statuses: unavailable database or Redis → 503
 /// (the details go to the log, the visitor gets a clear sentence), a missing login → the
 /// login page, CSRF and permissions → 403, bad input → 400/404/405/413/415, bugs → 500.
-pub fn page_error(e: &PageError, _https: bool) -> Response {
+pub fn page_error(e: &PageError) -> Response {
     use crate::auth::form::FormError;
     use crate::store::StoreError;
     let unavailable = match e {

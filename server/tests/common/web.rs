@@ -73,6 +73,30 @@ pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+/// Every URL that accepts a state-changing POST, with fields that would succeed with a token.
+pub const POST_FORMS: &[(&str, &[(&str, &str)])] = &[
+    ("/accounts/logout/", &[]),
+    ("/userchat/", &[("user", "mary"), ("message", "hi")]),
+    ("/groupchat/", &[("group", "chatusers"), ("message", "hi")]),
+    (
+        "/admin/users/add/",
+        &[
+            ("username", "mallory"),
+            ("password", "pw"),
+            ("is_active", "on"),
+        ],
+    ),
+    (
+        "/admin/users/2/",
+        &[("first_name", "Hacked"), ("is_active", "on")],
+    ),
+    ("/admin/users/2/password/", &[("password", "owned")]),
+    ("/admin/users/2/deactivate/", &[]),
+    ("/admin/groups/add/", &[("name", "evil")]),
+    ("/admin/groups/1/", &[("name", "renamed")]),
+    ("/admin/groups/1/delete/", &[]),
+];
+
 /// A client that keeps cookies and knows the CSRF token of the last page it saw.
 pub struct Client {
     addr: String,

@@ -215,7 +215,7 @@ pub async fn handle(app: &Arc<App>, req: Request<Incoming>, peer: Peer) -> Respo
     let https = served_over_https(app, req.headers(), &peer);
     match serve(app, req, https).await {
         Ok(r) => r,
-        Err(e) => response::page_error(&e, https),
+        Err(e) => response::page_error(&e),
     }
 }
 
