@@ -10,13 +10,13 @@ WORKERS ?= $(shell nproc)
 help:
 	@echo "make run-standalone  build and start the server on :$(PORT) (all set-up included)"
 	@echo "make run-behind-nginx  Redis, an HTTP pool and a websocket pool behind nginx on :8080"
-	@echo "make test            install what tests need, then lint and run every test"
+	@echo "make test            install what tests need (chromium included), lint, run every test"
 	@echo "make build           release build"
 	@echo "make lint            cargo fmt --check and clippy -D warnings"
 	@echo "make bench-http      wrk against /healthz with 1 and N workers, and respawn latency"
 
 deps:
-	@scripts/ensure-deps.sh
+	@scripts/ensure-deps.sh chromium
 
 build: deps
 	$(CARGO) build --release --locked
@@ -36,8 +36,7 @@ deps-deploy:
 	@scripts/ensure-deps.sh nginx promtool || echo "deps-deploy: could not install nginx/promtool; those tests will skip" >&2
 
 run-standalone: build
-	@mkdir -p var
-	exec $(BIN) serve --bind 127.0.0.1:$(PORT) --workers $(WORKERS)
+	BIN=$(BIN) PORT=$(PORT) WORKERS=$(WORKERS) scripts/run-standalone.sh
 
 run-behind-nginx: build
 	@scripts/ensure-deps.sh nginx

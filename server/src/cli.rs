@@ -1,6 +1,8 @@
 //! The command line: subcommands and their arguments (clap derive).
 
-use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
 
 use crate::config::Config;
 
@@ -23,6 +25,56 @@ pub enum Command {
     /// Internal: a worker process, started by `serve`.
     #[command(hide = true)]
     Worker,
+    /// Create or update the database tables (run once per deployment, before `serve`).
+    Migrate(DbArgs),
+    /// Load users and groups from a Django `dumpdata` JSON file (idempotent).
+    Loaddata(LoaddataArgs),
+    /// Create a user; the password is read from WSREDIS_PASSWORD, else from stdin's first line.
+    Createuser(CreateuserArgs),
+}
+
+/// Which database a management command works on (the same flag and variable as `serve`).
+#[derive(Debug, Args)]
+pub struct DbArgs {
+    /// Database of users and groups: sqlite://path or postgres://...
+    #[arg(
+        long,
+        env = "WSREDIS_DATABASE_URL",
+        default_value = "sqlite://var/wsredis.sqlite3"
+    )]
+    pub database_url: String,
+}
+
+/// `wsredis loaddata FILE`.
+#[derive(Debug, Args)]
+pub struct LoaddataArgs {
+    /// The JSON file written by Django's `manage.py dumpdata auth.user auth.group`.
+    pub file: PathBuf,
+    /// The database.
+    #[command(flatten)]
+    pub db: DbArgs,
+}
+
+/// `wsredis createuser USERNAME`.
+#[derive(Debug, Args)]
+pub struct CreateuserArgs {
+    /// Login name: letters, digits and @ . + - _.
+    pub username: String,
+    /// May use the admin pages.
+    #[arg(long)]
+    pub staff: bool,
+    /// Has every permission (implies --staff).
+    #[arg(long)]
+    pub superuser: bool,
+    /// Put the user in this existing group (repeatable).
+    #[arg(long = "group", value_name = "GROUP")]
+    pub groups: Vec<String>,
+    /// Create the user with an unusable password (cannot log in until one is set).
+    #[arg(long)]
+    pub no_password: bool,
+    /// The database.
+    #[command(flatten)]
+    pub db: DbArgs,
 }
 
 /// `wsredis publish`: one message to the channels of a facility.

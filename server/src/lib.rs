@@ -13,6 +13,7 @@
 //! - [`bus`]: the per-worker Redis connections (one subscriber, one command client), channel
 //!   names, and the fan-out of Redis messages to local sockets.
 //! - [`auth`]: password hashes, login, sessions in Redis, CSRF, cookies, form bodies.
+//! - [`manage`]: the `migrate`, `loaddata` and `createuser` commands.
 //! - [`store`]: users and groups in SQLite or PostgreSQL (sqlx), migrations, fixture loading.
 //!
 //! Data flows one way: master → worker → router → (page | socket) → bus → Redis.
@@ -25,6 +26,7 @@ pub mod commands;
 pub mod config;
 pub mod http;
 pub mod logging;
+pub mod manage;
 pub mod metrics;
 pub mod store;
 pub mod supervisor;

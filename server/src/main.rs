@@ -7,7 +7,7 @@ use clap::Parser;
 use wsredis::cli::{Cli, Command};
 use wsredis::config::{Config, LogFormat};
 use wsredis::logging::{self, Role};
-use wsredis::{supervisor, worker};
+use wsredis::{manage, supervisor, worker};
 
 /// Bad command line or configuration.
 const EXIT_USAGE: u8 = 2;
@@ -42,6 +42,12 @@ fn main() -> ExitCode {
             }
             Err(e) => fail(&e),
         },
+        Command::Migrate(args) => run_manage(manage::migrate(&args)),
+        Command::Loaddata(args) => run_manage(manage::loaddata(&args)),
+        Command::Createuser(args) => {
+            let password = std::env::var(manage::ENV_PASSWORD).ok();
+            run_manage(manage::createuser(&args, password, std::io::stdin().lock()))
+        }
     }
 }
 
@@ -50,6 +56,32 @@ fn fail(e: &wsredis::commands::CommandError) -> ExitCode {
     match e {
         wsredis::commands::CommandError::Usage(_) => ExitCode::from(EXIT_USAGE),
         wsredis::commands::CommandError::Failed(_) => ExitCode::from(EXIT_FAILURE),
+    }
+}
+
+/// Run one management command on a runtime of its own (this process is not `serve`'s master).
+fn run_manage(
+    command: impl std::future::Future<Output = Result<String, manage::ManageError>>,
+) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("wsredis: cannot build the runtime: {e}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    match runtime.block_on(command) {
+        Ok(done) => {
+            println!("{done}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("wsredis: {e}");
+            ExitCode::from(EXIT_FAILURE)
+        }
     }
 }
 

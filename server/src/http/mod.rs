@@ -6,12 +6,14 @@
 pub mod api;
 pub mod forwarded;
 pub mod health;
+pub mod pages;
 pub mod response;
+pub mod statics;
 
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::{Method, StatusCode};
+use http::Method;
 use hyper::Request;
 use hyper::body::Incoming;
 
@@ -27,6 +29,8 @@ enum Route {
     Websocket = 1,
     Page = 2,
     Api = 3,
+    Static = 4,
+    Admin = 5,
     Other = 6,
 }
 
@@ -63,9 +67,13 @@ async fn dispatch(app: &Arc<App>, req: Request<Incoming>, peer: Peer) -> (Route,
         return (Route::Api, api::handle(app, req).await);
     }
     match (req.method(), path) {
-        (&Method::GET | &Method::HEAD, "/") => {
-            (Route::Page, response::text(StatusCode::OK, "wsredis\n"))
+        (&Method::GET | &Method::HEAD, "/") => (Route::Page, response::redirect("/chat/")),
+        (_, p) if p.starts_with(statics::PREFIX) => {
+            let r = statics::serve(req.method(), p, req.uri().query(), req.headers());
+            (Route::Static, r)
         }
+        (_, p) if pages::is_admin(p) => (Route::Admin, pages::handle(app, req, peer).await),
+        (_, p) if pages::is_page(p) => (Route::Page, pages::handle(app, req, peer).await),
         _ => (Route::Other, response::not_found("not found\n")),
     }
 }

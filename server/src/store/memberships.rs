@@ -66,3 +66,19 @@ impl Store {
         })
     }
 }
+
+impl Store {
+    /// Usernames of a group's members, sorted (the admin's group list).
+    pub async fn group_member_names(&self, group_id: i64) -> Result<Vec<String>, StoreError> {
+        on_pool!(self, |pool| {
+            sqlx::query_scalar(
+                "SELECT u.username FROM users u JOIN user_groups ug ON ug.user_id = u.id \
+                 WHERE ug.group_id = $1 ORDER BY u.username",
+            )
+            .bind(group_id)
+            .fetch_all(pool)
+            .await
+        })
+        .map_err(StoreError::from_sqlx)
+    }
+}

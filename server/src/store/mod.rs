@@ -132,14 +132,7 @@ impl Store {
     pub async fn connect(url: &str) -> Result<Store, StoreError> {
         let pool = match backend_of(url)? {
             Backend::Sqlite => {
-                let opts = SqliteConnectOptions::from_str(url)
-                    .map_err(|e| StoreError::Url(format!("{url}: {e}")))?;
-                let opts = opts
-                    .create_if_missing(true)
-                    .journal_mode(SqliteJournalMode::Wal)
-                    .synchronous(SqliteSynchronous::Normal)
-                    .busy_timeout(BUSY_TIMEOUT)
-                    .foreign_keys(true);
+                let opts = sqlite_options(url)?;
                 if !is_sqlite_memory(url) {
                     create_parent_dir(opts.get_filename())?;
                 }
@@ -152,16 +145,44 @@ impl Store {
                 Pool::Sqlite(pool)
             }
             Backend::Postgres => {
-                let opts = PgConnectOptions::from_str(url)
-                    .map_err(|e| StoreError::Url(format!("{url}: {e}")))?;
                 let pool = PgPoolOptions::new()
                     .max_connections(MAX_CONNECTIONS)
                     .acquire_timeout(ACQUIRE_TIMEOUT)
-                    .connect_with(opts)
+                    .connect_with(pg_options(url)?)
                     .await
                     .map_err(StoreError::from_sqlx)?;
                 Pool::Postgres(pool)
             }
+        };
+        Ok(Store { pool })
+    }
+
+    /// A store that connects on first use, for workers: a database that is down at start-up
+    /// must not stop the worker (websockets do not need it), and queries made while it is down
+    /// fail with [`StoreError::Unavailable`] (HTTP 503) until it is back. Only a URL that can
+    /// never work is an error here.
+    pub fn connect_lazy(url: &str) -> Result<Store, StoreError> {
+        let pool = match backend_of(url)? {
+            Backend::Sqlite => {
+                let opts = sqlite_options(url)?;
+                if !is_sqlite_memory(url)
+                    && let Err(e) = create_parent_dir(opts.get_filename())
+                {
+                    tracing::warn!(error = %e, "the database directory is missing");
+                }
+                Pool::Sqlite(
+                    SqlitePoolOptions::new()
+                        .max_connections(MAX_CONNECTIONS)
+                        .acquire_timeout(ACQUIRE_TIMEOUT)
+                        .connect_lazy_with(opts),
+                )
+            }
+            Backend::Postgres => Pool::Postgres(
+                PgPoolOptions::new()
+                    .max_connections(MAX_CONNECTIONS)
+                    .acquire_timeout(ACQUIRE_TIMEOUT)
+                    .connect_lazy_with(pg_options(url)?),
+            ),
         };
         Ok(Store { pool })
     }
@@ -203,6 +224,22 @@ pub fn backend_of(url: &str) -> Result<Backend, StoreError> {
             "`{url}` is neither sqlite://path nor postgres://…"
         ))),
     }
+}
+
+/// SQLite options for several processes sharing one file (see the module header).
+fn sqlite_options(url: &str) -> Result<SqliteConnectOptions, StoreError> {
+    let opts =
+        SqliteConnectOptions::from_str(url).map_err(|e| StoreError::Url(format!("{url}: {e}")))?;
+    Ok(opts
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Normal)
+        .busy_timeout(BUSY_TIMEOUT)
+        .foreign_keys(true))
+}
+
+fn pg_options(url: &str) -> Result<PgConnectOptions, StoreError> {
+    PgConnectOptions::from_str(url).map_err(|e| StoreError::Url(format!("{url}: {e}")))
 }
 
 fn is_sqlite_memory(url: &str) -> bool {

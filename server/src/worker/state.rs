@@ -12,6 +12,7 @@ use crate::auth::session::SessionStore;
 use crate::bus::{Bus, BusError};
 use crate::config::Config;
 use crate::metrics::{Slot, Slots};
+use crate::store::{Store, StoreError};
 use crate::supervisor::Control;
 use crate::ws::{CloseReason, Namer, Settings, Stats};
 
@@ -65,6 +66,9 @@ pub struct App {
     pub ws_stats: Arc<Stats>,
     /// The web app's sessions, read to identify sockets.
     pub sessions_store: SessionStore,
+    /// Users and groups, for pages; connects lazily, so a database that is down at start-up
+    /// costs 503 pages, not the worker (websockets do not need it).
+    pub store: Store,
 }
 
 /// Why a worker could not start.
@@ -73,6 +77,9 @@ pub enum StartError {
     /// The Redis configuration is unusable (Redis being down is not an error: it reconnects).
     #[error(transparent)]
     Bus(#[from] BusError),
+    /// The database URL can never work (a bad scheme or syntax).
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 impl App {
@@ -98,7 +105,9 @@ impl App {
             config.session_prefix.clone(),
             config.session_ttl,
         );
+        let store = Store::connect_lazy(&config.database_url)?;
         Ok(App {
+            store,
             namer: Namer::new(&config.redis_prefix),
             ws_settings: Arc::new(Settings::from_config(&config)),
             ws_stats: Arc::new(Stats::default()),

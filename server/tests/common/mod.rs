@@ -127,6 +127,7 @@ fn rand_suffix() -> u64 {
     nanos ^ (N.fetch_add(1, Ordering::Relaxed) << 32)
 }
 pub mod server;
+pub mod web;
 
 /// Async [`wait_until`]: polls `cond` every 10 ms without blocking the test's runtime.
 pub async fn eventually(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {

@@ -1,0 +1,104 @@
+/*! chat.js: the chat pages (/chat/, /userchat/, /groupchat/) on top of wsredis.js.
+ *
+ * Everything the page needs comes from data-* attributes of #chat (no inline script, so the
+ * pages can forbid inline scripts in their Content-Security-Policy):
+ *   data-ws-prefix, data-facility, data-flags, data-heartbeat: the websocket to open;
+ *   data-send: "socket" (broadcast: send on the websocket) or the URL to POST to;
+ *   data-target: the form field naming the recipient ("user" or "group"), with #target;
+ *   data-username: who is typing (shown in front of broadcast messages);
+ *   data-csrf: the CSRF token for POSTs.
+ * Messages are added as text, never as HTML.
+ */
+(function () {
+  'use strict';
+  var chat = document.getElementById('chat');
+  if (!chat) { return; }
+  var d = chat.dataset;
+  var billboard = document.getElementById('billboard');
+  var status = document.getElementById('status');
+  var input = document.getElementById('text_message');
+  var button = document.getElementById('send_message');
+  var target = document.getElementById('target');
+  var feedback = document.getElementById('feedback');
+
+  function show(state, text) {
+    status.textContent = text;
+    status.className = 'status ' + state;
+    chat.setAttribute('data-state', state);
+  }
+
+  function append(text) {
+    var line = document.createElement('div');
+    line.className = 'message';
+    line.textContent = text;
+    billboard.appendChild(line);
+    billboard.scrollTop = billboard.scrollHeight;
+  }
+
+  function say(text, ok) {
+    if (!feedback) { return; }
+    feedback.textContent = text;
+    feedback.className = ok ? 'feedback ok' : 'feedback error';
+  }
+
+  var ws = WSRedis({
+    uri: WSRedis.uri(d.wsPrefix, d.facility, d.flags),
+    heartbeat_msg: d.heartbeat || null,
+    connecting: function () { show('connecting', 'connecting…'); },
+    connected: function () { show('connected', 'connected'); },
+    receive_message: function (data) { append(typeof data === 'string' ? data : '[binary message]'); },
+    disconnected: function () { show('disconnected', 'disconnected, reconnecting…'); }
+  });
+
+  function post(message) {
+    var form = new URLSearchParams();
+    form.set(d.target, target.value);
+    form.set('message', message);
+    form.set('csrfmiddlewaretoken', d.csrf);
+    return fetch(d.send, {
+      method: 'POST',
+      body: form,
+      credentials: 'same-origin',
+      headers: { 'X-CSRFToken': d.csrf }
+    }).then(function (resp) {
+      return resp.text().then(function (body) {
+        if (!resp.ok) { throw new Error(body || resp.statusText); }
+        return body;
+      });
+    });
+  }
+
+  function send() {
+    var text = input.value.trim();
+    if (!text) { return; }
+    if (d.send === 'socket') {
+      var who = d.username || 'anonymous';
+      if (ws.send_message(who + ': ' + text)) {
+        input.value = '';
+      } else {
+        say('not connected: message not sent', false);
+      }
+      return;
+    }
+    if (!target || !target.value) {
+      say('choose a recipient first', false);
+      return;
+    }
+    var to = target.options[target.selectedIndex].text;
+    post(text).then(function () {
+      input.value = '';
+      say('sent to ' + to, true);
+    }, function (e) {
+      say('not sent: ' + e.message, false);
+    });
+  }
+
+  button.addEventListener('click', send);
+  input.addEventListener('keydown', function (evt) {
+    if (evt.key === 'Enter') {
+      evt.preventDefault();
+      send();
+    }
+  });
+  window.addEventListener('pagehide', function () { ws.close(); });
+}());
