@@ -231,12 +231,49 @@ pub struct Config {
     #[arg(long, env = "WSREDIS_TRUSTED_PROXIES", value_delimiter = ',')]
     pub trusted_proxies: Vec<std::net::IpAddr>,
 
+    /// Bearer token of `POST /api/publish` and `GET /api/messages/…`. Give it through the
+    /// environment (WSREDIS_API_TOKEN) or --api-token-file, never on a command line; unset =
+    /// the API is disabled.
+    #[arg(long = "api-token-file", env = "WSREDIS_API_TOKEN_FILE", value_parser = read_secret_file)]
+    pub api_token_file: Option<Secret>,
+
+    /// The API token itself, from the environment only.
+    #[arg(skip = std::env::var("WSREDIS_API_TOKEN").ok().filter(|t| !t.is_empty()).map(Secret))]
+    pub api_token: Option<Secret>,
+
     /// Address of the master's aggregated Prometheus endpoint (`off` to disable).
     #[arg(long, env = "WSREDIS_METRICS_BIND", default_value = "127.0.0.1:9100")]
     pub metrics_bind: String,
 }
 
+/// A secret value; its `Debug` output never shows it.
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(…)")
+    }
+}
+
+fn read_secret_file(path: &str) -> Result<Secret, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {path}: {e}"))?;
+    let token = text.trim();
+    if token.is_empty() {
+        return Err(format!("{path} is empty"));
+    }
+    Ok(Secret(token.to_owned()))
+}
+
 impl Config {
+    /// The API token, from the file or the environment (the file wins).
+    pub fn api_token(&self) -> Option<&str> {
+        self.api_token_file
+            .as_ref()
+            .or(self.api_token.as_ref())
+            .map(|s| s.0.as_str())
+    }
+
     /// Graceful stop deadline.
     pub fn graceful(&self) -> Duration {
         Duration::from_secs(self.graceful_timeout)
@@ -256,6 +293,11 @@ impl Config {
         }
         if self.heartbeat.as_deref() == Some("") {
             return Err(ConfigError::Invalid("--heartbeat must not be empty".into()));
+        }
+        if self.api_token().is_some_and(|t| t.len() < 16) {
+            return Err(ConfigError::Invalid(
+                "the API token must be at least 16 characters".into(),
+            ));
         }
         if self.heartbeat_interval == 0 || self.ping_interval == 0 {
             return Err(ConfigError::Invalid(

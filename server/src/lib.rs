@@ -2,7 +2,7 @@
 //! django-websocket-redis, and the demo chat web app around it.
 //!
 //! # Layout
-//! - [`cli`]: subcommands and arguments.
+//! - [`cli`]: subcommands and arguments; [`commands`]: the one-off ones (publish, …).
 //! - [`config`]: the one `Config` of `wsredis serve`, from flags and `WSREDIS_*` variables.
 //! - [`logging`]: text or JSON lines naming their process; reopened on SIGUSR1.
 //! - [`supervisor`]: the master: listener, signals, worker table. No runtime, one thread.
@@ -21,6 +21,7 @@
 pub mod auth;
 pub mod bus;
 pub mod cli;
+pub mod commands;
 pub mod config;
 pub mod http;
 pub mod logging;

@@ -32,6 +32,24 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Serve(config) => serve(*config),
         Command::Worker => run_worker(),
+        Command::Publish(args) => match wsredis::commands::publish(args) {
+            Ok((channels, receivers)) => {
+                println!(
+                    "published to {} ({receivers} receivers)",
+                    channels.join(", ")
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(&e),
+        },
+    }
+}
+
+fn fail(e: &wsredis::commands::CommandError) -> ExitCode {
+    eprintln!("wsredis: {e}");
+    match e {
+        wsredis::commands::CommandError::Usage(_) => ExitCode::from(EXIT_USAGE),
+        wsredis::commands::CommandError::Failed(_) => ExitCode::from(EXIT_FAILURE),
     }
 }
 

@@ -23,9 +23,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use fred::clients::Pipeline;
 use fred::clients::{Client, SubscriberClient};
 use fred::error::{Error as RedisError, ErrorKind};
 use fred::interfaces::{ClientLike, EventInterface, KeysInterface, PubsubInterface};
+use fred::types::config::Options;
 use fred::types::config::{Config as RedisConfig, ReconnectPolicy};
 use fred::types::{Builder, Expiration, Value};
 
@@ -38,9 +40,12 @@ use registry::Registry;
 /// Commands (and SUBSCRIBEs) taking longer than this fail, so a socket is not held hostage by
 /// a Redis that accepts connections but does not answer.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(3);
-/// Reconnect backoff: 100 ms doubling up to 2 s, forever.
-const RECONNECT_MIN_MS: u32 = 100;
+/// Reconnect backoff: 5 ms doubling up to 2 s, forever. fred waits the first delay even
+/// before the very first connection, so a long first step would slow every worker start.
+const RECONNECT_MIN_MS: u32 = 5;
 const RECONNECT_MAX_MS: u32 = 2_000;
+/// Random extra delay per reconnect attempt.
+const RECONNECT_JITTER_MS: u32 = 20;
 /// fred's pub/sub broadcast buffer (its default of 32 drops messages under bursts). Each
 /// event channel of the subscriber preallocates this many slots.
 const MESSAGE_BUFFER: usize = 8_192;
@@ -121,11 +126,20 @@ impl Bus {
     /// Redis. Fails only on a configuration error, never because Redis is down. Must run inside
     /// the worker's runtime (it spawns tasks).
     pub async fn connect(config: &Config) -> Result<Bus, BusError> {
-        let bad_config = |e: RedisError| BusError::Config(format!("{}: {e}", config.redis_url));
-        check_scheme(&config.redis_url)?;
-        let mut redis = RedisConfig::from_url(&config.redis_url).map_err(bad_config)?;
+        Self::connect_url(&config.redis_url, config.send_queue).await
+    }
+
+    /// [`Bus::connect`] with just the Redis URL and the per-socket queue bound (for one-off
+    /// commands such as `wsredis publish`).
+    pub async fn connect_url(redis_url: &str, send_queue: usize) -> Result<Bus, BusError> {
+        let bad_config = |e: RedisError| BusError::Config(format!("{redis_url}: {e}"));
+        check_scheme(redis_url)?;
+        let mut redis = RedisConfig::from_url(redis_url).map_err(bad_config)?;
         redis.fail_fast = false;
-        let policy = ReconnectPolicy::new_exponential(0, RECONNECT_MIN_MS, RECONNECT_MAX_MS, 2);
+        let mut policy = ReconnectPolicy::new_exponential(0, RECONNECT_MIN_MS, RECONNECT_MAX_MS, 2);
+        // fred adds up to 100 ms of random jitter to every delay, the first included; a little
+        // still spreads the reconnects of many workers after a Redis restart.
+        policy.set_jitter(RECONNECT_JITTER_MS);
 
         let commands = Builder::from_config(redis.clone())
             .set_policy(policy.clone())
@@ -143,7 +157,7 @@ impl Bus {
 
         // Take the receiver before anything is subscribed.
         let messages = subscriber.message_rx();
-        let (registry, sync_rx) = Registry::new(config.send_queue);
+        let (registry, sync_rx) = Registry::new(send_queue);
 
         let _commands_task = commands.connect();
         let _subscriber_task = subscriber.connect();
@@ -177,21 +191,30 @@ impl Bus {
     }
 
     /// PUBLISH `payload` to each channel and, when `expire_secs > 0`, `SET channel payload EX
-    /// expire_secs` (the ws4redis persisted last message), all in one pipeline.
+    /// expire_secs` (the ws4redis persisted last message), all in one pipeline. Returns how
+    /// many subscribers Redis delivered to (summed over the channels; one per subscribed worker
+    /// or host, not per socket).
     pub async fn publish(
         &self,
         channels: &[String],
         payload: Bytes,
         expire_secs: u64,
-    ) -> Result<(), BusError> {
+    ) -> Result<u64, BusError> {
         if channels.is_empty() {
-            return Ok(());
+            return Ok(0);
         }
         if !self.inner.commands.is_connected() {
             return Err(BusError::Unavailable);
         }
         let expire = i64::try_from(expire_secs).unwrap_or(i64::MAX);
-        let pipe = self.inner.commands.pipeline();
+        // Never queued behind a reconnect nor retried: a publish that is reported as failed
+        // must not reach anyone later (fred would otherwise replay it once Redis is back).
+        let pipe = Pipeline::from(self.inner.commands.with_options(&Options {
+            fail_fast: true,
+            max_attempts: Some(1),
+            timeout: Some(COMMAND_TIMEOUT),
+            ..Options::default()
+        }));
         for channel in channels {
             pipe.publish::<(), _, _>(channel.as_str(), payload.clone())
                 .await?;
@@ -206,10 +229,16 @@ impl Bus {
                 .await?;
             }
         }
-        for result in pipe.try_all::<Value>().await {
-            result?;
+        let mut receivers = 0u64;
+        for (i, result) in pipe.try_all::<Value>().await.into_iter().enumerate() {
+            let value = result?;
+            // Replies alternate PUBLISH (an integer), SET (OK) when persisting.
+            let is_publish = expire <= 0 || i % 2 == 0;
+            if is_publish && let Value::Integer(n) = value {
+                receivers += u64::try_from(n).unwrap_or(0);
+            }
         }
-        Ok(())
+        Ok(receivers)
     }
 
     /// The persisted last message of each channel that has one, in the order given.

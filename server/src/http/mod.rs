@@ -3,6 +3,7 @@
 //! A websocket upgrade is told from a plain request by method, headers and the websocket
 //! prefix; `ws::handshake` validates it. Everything else is a page, the API or health.
 
+pub mod api;
 pub mod health;
 pub mod response;
 
@@ -24,6 +25,7 @@ enum Route {
     Health = 0,
     Websocket = 1,
     Page = 2,
+    Api = 3,
     Other = 6,
 }
 
@@ -55,6 +57,9 @@ async fn dispatch(app: &Arc<App>, req: Request<Incoming>, peer: Peer) -> (Route,
             Route::Other,
             response::not_found("this pool serves websockets only\n"),
         );
+    }
+    if path.starts_with("/api/") {
+        return (Route::Api, api::handle(app, req).await);
     }
     match (req.method(), path) {
         (&Method::GET | &Method::HEAD, "/") => {

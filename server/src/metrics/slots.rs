@@ -205,6 +205,29 @@ impl Slots {
         self.fd.as_fd()
     }
 
+    /// Whether worker `me` holds clearly more than its share of open connections among the
+    /// live workers (those whose slot has a pid). A worker in that state pauses accepting for a
+    /// moment so its siblings take the next connections: with one shared listening socket the
+    /// kernel hands a connection to whichever worker asks first, which can pile every socket of
+    /// a quiet server onto one worker.
+    pub fn over_share(&self, me: usize) -> bool {
+        let load =
+            |s: &Slot| s.ws_open.load(Ordering::Relaxed) + s.http_open.load(Ordering::Relaxed);
+        let (mut live, mut total) = (0u64, 0u64);
+        for s in self.iter() {
+            if s.pid.load(Ordering::Relaxed) != 0 {
+                live += 1;
+                total += load(s);
+            }
+        }
+        if live < 2 {
+            return false;
+        }
+        let mine = load(self.slot(me));
+        // 10 % above the mean plus a little slack, so small numbers never stall anyone.
+        mine * 10 * live > total * 11 + 16 * 10 * live
+    }
+
     /// Zero the gauges of a slot whose worker is gone (master, after reaping).
     pub fn release(&self, i: usize) {
         let s = self.slot(i);

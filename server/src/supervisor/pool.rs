@@ -32,8 +32,9 @@ pub enum Control {
     Recycle = b'X',
 }
 
-/// A worker that dies sooner than this after its start counts as a failed start (backoff).
-const MIN_HEALTHY_LIFETIME: Duration = Duration::from_secs(5);
+/// A worker that dies before it is ready, or sooner than this after its start, counts as a
+/// failed start (backoff); any other death is replaced at once.
+const MIN_HEALTHY_LIFETIME: Duration = Duration::from_secs(1);
 /// Longest delay between restarts of a worker that keeps failing at start.
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 /// First delay after two quick failures in a row.

@@ -70,7 +70,7 @@ pub fn main(id: usize, config: Config) -> ExitCode {
                 return ExitCode::from(EXIT_STARTUP);
             }
         };
-        let app = match App::start(id, config, control.clone(), slot).await {
+        let app = match App::start(id, config, control.clone(), Some(slots), slot).await {
             Ok(app) => Arc::new(app),
             Err(e) => {
                 tracing::error!(error = %e, "worker start-up failed");
@@ -86,6 +86,10 @@ pub fn main(id: usize, config: Config) -> ExitCode {
         };
         tokio::spawn(reopen_logs_on_usr1());
         tokio::spawn(export_metrics(app.clone()));
+        // From now on siblings count this worker as one that takes connections.
+        app.slot
+            .pid
+            .store(u64::from(std::process::id()), Ordering::Relaxed);
         control.send(Control::Ready);
         serve(listener, app.clone(), async move {
             term.recv().await;

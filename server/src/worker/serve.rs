@@ -22,6 +22,10 @@ use crate::http;
 
 /// A client must send its request headers within this time (slow-loris guard).
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a worker holding more than its share of connections leaves accepting to others.
+const OVER_SHARE_PAUSE: Duration = Duration::from_millis(2);
+/// Pauses in a row after which the worker accepts anyway.
+const OVER_SHARE_MAX_PAUSES: u32 = 5;
 /// Pause after an accept error such as EMFILE, so the loop does not spin.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
@@ -38,7 +42,18 @@ pub async fn serve(listener: Listener, app: Arc<App>, shutdown: impl Future<Outp
     let connections = TaskTracker::new();
     tokio::pin!(shutdown);
     tracing::info!(mode = app.config.mode.as_str(), "worker serving");
+    let mut paused = 0;
     loop {
+        // Let a less loaded sibling take the next connection (see `Slots::over_share`), but
+        // never for long: a sibling that is stuck must not stall the pool.
+        if paused < OVER_SHARE_MAX_PAUSES && app.over_share() {
+            paused += 1;
+            tokio::select! {
+                () = tokio::time::sleep(OVER_SHARE_PAUSE) => continue,
+                () = &mut shutdown => break,
+            }
+        }
+        paused = 0;
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(x) => x,

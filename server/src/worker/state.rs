@@ -11,7 +11,7 @@ use super::control::ControlPipe;
 use crate::auth::session::SessionStore;
 use crate::bus::{Bus, BusError};
 use crate::config::Config;
-use crate::metrics::Slot;
+use crate::metrics::{Slot, Slots};
 use crate::supervisor::Control;
 use crate::ws::{CloseReason, Namer, Settings, Stats};
 
@@ -44,6 +44,8 @@ pub struct App {
     pub started: Instant,
     /// This worker's metric slot (shared memory the master reads).
     pub slot: &'static Slot,
+    /// Every worker's slot, to compare this worker's load with its siblings'.
+    pub slots: Option<&'static Slots>,
     /// HTTP requests answered by this process.
     pub requests: AtomicU64,
     /// Cancelled when the worker drains: every websocket closes with 1001.
@@ -79,6 +81,7 @@ impl App {
         id: usize,
         config: Config,
         control: ControlPipe,
+        slots: Option<&'static Slots>,
         slot: &'static Slot,
     ) -> Result<Self, StartError> {
         let recycle_after = (config.max_requests > 0).then(|| {
@@ -105,12 +108,18 @@ impl App {
             config,
             started: Instant::now(),
             slot,
+            slots,
             requests: AtomicU64::new(0),
             shutdown: CancellationToken::new(),
             sessions: TaskTracker::new(),
             control,
             recycle_after,
         })
+    }
+
+    /// Whether this worker should let its siblings take the next connection.
+    pub fn over_share(&self) -> bool {
+        self.slots.is_some_and(|s| s.over_share(self.id))
     }
 
     /// Count one answered request; asks the master for a replacement at --max-requests.

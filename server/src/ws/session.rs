@@ -211,7 +211,7 @@ impl Session {
             .publish(&self.ctx.channels.publish, body.clone(), expire)
             .await
         {
-            Ok(()) => {
+            Ok(_) => {
                 Stats::inc(&self.ctx.stats.published);
                 Ok(())
             }
