@@ -71,7 +71,11 @@ pub struct Common {
     #[arg(long, value_enum, default_value_t = Mode::Ws)]
     pub publisher: Mode,
     /// Bearer token for --publisher api (a started server gets it too).
-    #[arg(long, env = "WSREDIS_API_TOKEN", default_value = "stress-token")]
+    #[arg(
+        long,
+        env = "WSREDIS_API_TOKEN",
+        default_value = "wsredis-stress-api-token"
+    )]
     pub api_token: String,
     /// Seconds the Redis publisher stores each message (`SET … EX`), as the server's --expire.
     #[arg(long, default_value_t = 3600)]

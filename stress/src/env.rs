@@ -58,6 +58,23 @@ fn redis_addr(url: &str) -> Option<SocketAddr> {
     hostport.to_socket_addrs().ok()?.next()
 }
 
+/// Raise the open-files limit for `sockets` client sockets, or say plainly that it cannot be
+/// raised far enough (an unprivileged user or a container keeps the hard limit).
+fn enough_files(sockets: usize) -> Result<(), LaunchError> {
+    let want = files_needed(sockets);
+    let got = launch::raise_nofile(want)?;
+    if got < sockets as u64 + 1024 {
+        return Err(LaunchError::Rlimit(
+            want,
+            std::io::Error::other(format!(
+                "the hard limit is {got}: at most about {} sockets from one process here",
+                got.saturating_sub(1024)
+            )),
+        ));
+    }
+    Ok(())
+}
+
 /// Open files the tool needs for `sockets` client sockets (plus the server's, inherited).
 pub fn files_needed(sockets: usize) -> u64 {
     (sockets as u64) * 2 + 4096
@@ -66,7 +83,7 @@ pub fn files_needed(sockets: usize) -> u64 {
 impl Env {
     /// Set up the run against wsredis: start Redis and the server if asked, else use --url.
     pub fn wsredis(c: &Common, sockets: usize) -> Result<Env, LaunchError> {
-        launch::raise_nofile(files_needed(sockets))?;
+        enough_files(sockets)?;
         let mut procs = Vec::new();
         let (server, server_pid, redis_pid, redis_url) = match &c.server_bin {
             Some(bin) => {
@@ -109,7 +126,7 @@ impl Env {
 
     /// Set up the run against the plain TCP baseline (this tool's `baseline-server`).
     pub fn baseline(c: &Common, sockets: usize) -> Result<Env, LaunchError> {
-        launch::raise_nofile(files_needed(sockets))?;
+        enough_files(sockets)?;
         let exe =
             std::env::current_exe().map_err(|e| LaunchError::Spawn("wsredis-stress".into(), e))?;
         let threads = c.workers.unwrap_or_else(cpus);

@@ -128,3 +128,21 @@ fn chat_delivers_each_message_to_its_one_user() {
     let r = run(&["chat", "-u", "50", "-m", "300", "--publisher", "redis"]);
     assert_all_delivered(&r, 300);
 }
+
+#[test]
+fn fanout_and_chat_through_the_publish_api() {
+    let r = run(&[
+        "fanout",
+        "-n",
+        "100",
+        "-m",
+        "20",
+        "-r",
+        "200",
+        "--publisher",
+        "api",
+    ]);
+    assert_all_delivered(&r, 2000);
+    let r = run(&["chat", "-u", "20", "-m", "100", "--publisher", "api"]);
+    assert_all_delivered(&r, 100);
+}

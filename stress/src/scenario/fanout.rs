@@ -42,7 +42,7 @@ impl Plan {
         let (n, m, d, r, w) = match scenario {
             "seed-live" => (1000, Some(1), None, 0.0, 0),
             "throughput" => (1000, None, Some(10.0), 0.0, 64),
-            _ => (10_000, Some(100), None, 20.0, 0),
+            _ => (10_000, Some(100), None, 10.0, 0),
         };
         Plan {
             subscribers: a.subscribers.unwrap_or(n),
