@@ -5,7 +5,7 @@ BIN := target/release/wsredis
 PORT ?= 8000
 WORKERS ?= $(shell nproc)
 
-.PHONY: help deps deps-deploy build test lint unit run-standalone run-behind-nginx bench-http clean
+.PHONY: help deps deps-deploy build test lint unit run-standalone run-behind-nginx bench-http stress stress-nginx clean
 
 help:
 	@echo "make run-standalone  build and start the server on :$(PORT) (all set-up included)"
@@ -14,6 +14,8 @@ help:
 	@echo "make build           release build"
 	@echo "make lint            cargo fmt --check and clippy -D warnings"
 	@echo "make bench-http      wrk against /healthz with 1 and N workers, and respawn latency"
+	@echo "make stress          seed, seed-live, fanout, throughput (vs plain TCP), idle; results in stress/results/"
+	@echo "make stress-nginx    the same scenarios through NGINX; results in stress/results/nginx/"
 
 deps:
 	@scripts/ensure-deps.sh chromium
@@ -45,6 +47,29 @@ run-behind-nginx: build
 bench-http: build
 	@scripts/ensure-deps.sh wrk
 	scripts/bench-http.sh
+
+STRESS := target/release/wsredis-stress
+STRESS_OUT ?= stress/results
+# 50,000 sockets need RLIMIT_NOFILE above 50,000 for the tool and above 25,000 per worker;
+# where the hard limit is lower (20,000 in our sandbox) hold 90 % of it instead, and say so.
+NOFILE_HARD := $(shell ulimit -Hn)
+IDLE_SOCKETS ?= $(shell n=$(NOFILE_HARD); if [ "$$n" = unlimited ] || [ "$$n" -ge 60000 ]; then echo 50000; else echo $$((n * 9 / 10)); fi)
+STRESS_ARGS = --server-bin $(BIN) --out $(STRESS_OUT)
+
+# Each scenario starts its own redis-server and server (one worker per CPU) and exits
+# non-zero if anything was lost, which stops the target.
+stress: deps
+	$(CARGO) build --release --locked -p wsredis -p wsredis-stress
+	$(STRESS) seed $(STRESS_ARGS)
+	$(STRESS) seed-live $(STRESS_ARGS)
+	$(STRESS) fanout $(STRESS_ARGS) -n 10000 -m 100 -r 10
+	$(STRESS) throughput $(STRESS_ARGS) --publisher redis -d 10 --baseline
+	$(STRESS) throughput $(STRESS_ARGS) --name throughput-ws -d 5 --baseline
+	$(STRESS) idle $(STRESS_ARGS) -n $(IDLE_SOCKETS) --hold 5
+
+stress-nginx: deps
+	$(CARGO) build --release --locked -p wsredis -p wsredis-stress
+	STRESS_OUT=$(STRESS_OUT) stress/nginx.sh $(BIN) $(STRESS)
 
 clean:
 	$(CARGO) clean

@@ -218,6 +218,14 @@ impl Subscription {
         }
     }
 
+    /// The next message if one is queued right now (none once the queue has overflowed).
+    pub fn try_recv(&mut self) -> Option<Delivery> {
+        if self.overflow.is_cancelled() {
+            return None;
+        }
+        self.rx.try_recv().ok()
+    }
+
     /// Resolves once this subscriber's queue has overflowed (messages were dropped for it).
     pub async fn overflowed(&self) {
         self.overflow.cancelled().await;

@@ -16,6 +16,7 @@
 //!   can retry after its reconnect backoff (ws4redis.js reconnects on close).
 
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -33,6 +34,9 @@ use super::settings::Settings;
 use super::stats::{CloseReason, Stats};
 use crate::bus::channels::Channels;
 use crate::bus::{Bus, BusError, Delivery, Overflowed, Payload, Subscription};
+
+/// Most queued messages written with one flush.
+const MAX_BATCH: usize = 64;
 
 /// Everything one session needs besides its socket; built by the upgrade handler.
 #[derive(Clone, Debug)]
@@ -222,20 +226,37 @@ impl Session {
         }
     }
 
-    async fn deliver<S>(&mut self, ws: &mut WebSocketStream<S>, d: Delivery) -> Result<(), End>
+    /// Send `first` and whatever else is already queued for this socket (up to
+    /// [`MAX_BATCH`]) with one flush, so a burst costs one write instead of one per message.
+    async fn deliver<S>(&mut self, ws: &mut WebSocketStream<S>, first: Delivery) -> Result<(), End>
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
-        if d.payload.is_empty() {
+        let first = self.admit(first);
+        let mut rest = Vec::new();
+        while rest.len() < MAX_BATCH {
+            let Some(d) = self.sub.try_recv() else { break };
+            rest.extend(self.admit(d));
+        }
+        if first.is_none() && rest.is_empty() {
             return Ok(());
+        }
+        let n = u64::from(first.is_some()) + rest.len() as u64;
+        self.send_all(ws, first.into_iter().chain(rest)).await?;
+        Stats::add(&self.ctx.stats.delivered, n);
+        Ok(())
+    }
+
+    /// The frame for a delivery, unless it is empty or the socket's own echo.
+    fn admit(&mut self, d: Delivery) -> Option<Message> {
+        if d.payload.is_empty() {
+            return None;
         }
         if self.echo.is_own(&d.channel, d.payload.as_bytes()) {
             Stats::inc(&self.ctx.stats.echo_suppressed);
-            return Ok(());
+            return None;
         }
-        self.send(ws, d.payload.to_message()).await?;
-        Stats::inc(&self.ctx.stats.delivered);
-        Ok(())
+        Some(d.payload.to_message())
     }
 
     async fn heartbeat<S>(&mut self, ws: &mut WebSocketStream<S>) -> Result<(), End>
@@ -250,28 +271,47 @@ impl Session {
         Ok(())
     }
 
-    /// Send one frame, giving up when the socket overflows, the worker shuts down, or the write
-    /// has not completed within two ping intervals. A message too large for the write buffer
-    /// is skipped (counted), the socket stays.
+    /// Send one frame; see [`Session::send_all`].
     async fn send<S>(&mut self, ws: &mut WebSocketStream<S>, msg: Message) -> Result<(), End>
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
+        self.send_all(ws, std::iter::once(msg)).await
+    }
+
+    /// Send frames with one flush, giving up when the socket overflows, the worker shuts
+    /// down, or the write has not completed within two ping intervals. A message too large
+    /// for the write buffer is skipped (counted), the socket stays. A socket with room takes
+    /// the frames on the first poll, without arming the write timer.
+    async fn send_all<S, I>(&mut self, ws: &mut WebSocketStream<S>, msgs: I) -> Result<(), End>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+        I: IntoIterator<Item = Message>,
+    {
         let write_timeout: Duration = self.ctx.settings.ping_interval * 2;
-        tokio::select! {
-            biased;
-            r = ws.send(msg) => match r {
-                Ok(()) => Ok(()),
-                Err(WsError::WriteBufferFull(_)) => {
-                    Stats::inc(&self.ctx.stats.too_large);
-                    Ok(())
+        let stats = &self.ctx.stats;
+        let write = async {
+            for msg in msgs {
+                match ws.feed(msg).await {
+                    Ok(()) => {}
+                    Err(WsError::WriteBufferFull(_)) => Stats::inc(&stats.too_large),
+                    Err(e) => return Err(e),
                 }
-                Err(_) => Err(End::new(CloseReason::Abnormal)),
+            }
+            ws.flush().await
+        };
+        tokio::pin!(write);
+        let written = match futures_util::poll!(&mut write) {
+            Poll::Ready(r) => r,
+            Poll::Pending => tokio::select! {
+                biased;
+                r = &mut write => r,
+                _ = self.shutdown.cancelled() => return Err(End::new(CloseReason::GoingAway)),
+                _ = self.sub.overflowed() => return Err(End::new(CloseReason::Overloaded)),
+                _ = tokio::time::sleep(write_timeout) => return Err(End::new(CloseReason::Abnormal)),
             },
-            _ = self.shutdown.cancelled() => Err(End::new(CloseReason::GoingAway)),
-            _ = self.sub.overflowed() => Err(End::new(CloseReason::Overloaded)),
-            _ = tokio::time::sleep(write_timeout) => Err(End::new(CloseReason::Abnormal)),
-        }
+        };
+        written.map_err(|_| End::new(CloseReason::Abnormal))
     }
 }
 

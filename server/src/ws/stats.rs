@@ -94,6 +94,11 @@ impl Stats {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Add `n` to a counter.
+    pub(crate) fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
     pub(crate) fn record_close(&self, reason: CloseReason) {
         Stats::inc(&self.closed[reason.index()]);
     }

@@ -1,0 +1,132 @@
+//! The `wsredis-stress` binary: parse the command line, set up the run (processes, limits,
+//! runtime), run the scenario, print and write the report, and exit non-zero when anything
+//! was lost.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use wsredis_stress::baseline;
+use wsredis_stress::cli::{Cli, Command, Common};
+use wsredis_stress::env::{Env, cpus};
+use wsredis_stress::publish::Mode;
+use wsredis_stress::report::{Report, Versus};
+use wsredis_stress::scenario::{chat, fanout, idle, seed};
+
+/// Something was lost, reordered, or a socket failed.
+const EXIT_LOSS: u8 = 1;
+/// The run could not be set up (bad options, a process did not start).
+const EXIT_SETUP: u8 = 2;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Command::BaselineServer(b) = &cli.command {
+        return match baseline::run(b.bind, b.threads) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("wsredis-stress baseline-server: {e}");
+                ExitCode::from(EXIT_SETUP)
+            }
+        };
+    }
+    match run(cli.command) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(EXIT_LOSS),
+        Err(e) => {
+            eprintln!("wsredis-stress: {e:#}");
+            ExitCode::from(EXIT_SETUP)
+        }
+    }
+}
+
+fn runtime(c: &Common) -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(c.threads.unwrap_or_else(cpus))
+        .enable_all()
+        .build()
+        .context("building the runtime")
+}
+
+fn run(command: Command) -> anyhow::Result<bool> {
+    let (common, report) = match command {
+        Command::Seed(a) => {
+            let env = Env::wsredis(&a.common, a.subscribers)?;
+            let report = runtime(&a.common)?.block_on(seed::run(&a, &env));
+            (a.common, report)
+        }
+        Command::SeedLive(a) => fan("seed-live", a)?,
+        Command::Fanout(a) => fan("fanout", a)?,
+        Command::Throughput(a) => fan("throughput", a)?,
+        Command::Idle(a) => {
+            let env = Env::wsredis(&a.common, a.sockets)?;
+            let report = runtime(&a.common)?.block_on(idle::run(&a, &env));
+            (a.common, report)
+        }
+        Command::Chat(a) => {
+            let env = Env::wsredis(&a.common, a.users)?;
+            let report = runtime(&a.common)?.block_on(chat::run(&a, &env));
+            (a.common, report)
+        }
+        Command::BaselineServer(_) => unreachable!("handled in main"),
+    };
+    emit(&common, &report)?;
+    Ok(report.ok())
+}
+
+fn fan(scenario: &str, a: wsredis_stress::cli::Fanout) -> anyhow::Result<(Common, Report)> {
+    let plan = fanout::Plan::new(scenario, &a);
+    let c = &a.common;
+    let rt = runtime(c)?;
+    let against_baseline = |rt: &tokio::runtime::Runtime| -> anyhow::Result<Report> {
+        let env = Env::baseline(c, plan.subscribers)?;
+        Ok(rt.block_on(fanout::run(scenario, c, &plan, &env, Mode::Ws)))
+    };
+    if a.baseline_only {
+        return Ok((a.common.clone(), against_baseline(&rt)?));
+    }
+    let mut report = {
+        let env = Env::wsredis(c, plan.subscribers)?;
+        rt.block_on(fanout::run(scenario, c, &plan, &env, c.publisher))
+    };
+    if a.baseline {
+        let base = against_baseline(&rt)?;
+        if !base.ok() {
+            report
+                .errors
+                .push(format!("the baseline run failed: {:?}", base.errors));
+        }
+        report.versus_baseline = Some(Versus {
+            baseline_deliveries_per_sec: base.deliveries_per_sec,
+            fraction: if base.deliveries_per_sec > 0.0 {
+                report.deliveries_per_sec / base.deliveries_per_sec
+            } else {
+                0.0
+            },
+            baseline_latency_ms: base.latency_ms,
+        });
+    }
+    Ok((a.common.clone(), report))
+}
+
+fn emit(c: &Common, report: &Report) -> anyhow::Result<()> {
+    let json = serde_json::to_string_pretty(report)?;
+    if c.json {
+        println!("{json}");
+    } else {
+        print!("{}", report.table());
+    }
+    if let Some(dir) = &c.out {
+        let name = c.name.clone().unwrap_or_else(|| report.scenario.clone());
+        write(dir, &format!("{name}.json"), &json)?;
+        write(dir, &format!("{name}.txt"), &report.table())?;
+        write(dir, &format!("{name}.svg"), &report.svg())?;
+    }
+    Ok(())
+}
+
+fn write(dir: &Path, file: &str, text: &str) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let path = dir.join(file);
+    std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))
+}

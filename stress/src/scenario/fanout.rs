@@ -1,0 +1,233 @@
+//! `seed-live`, `fanout` and `throughput`: N subscribers on one facility, then messages
+//! published at a rate or as fast as a window of unfinished messages allows, for a count or
+//! a duration. Every delivery is counted and timed; the run fails on any loss.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use super::{Shared, connect_many, nonce, receive, warm_up};
+use crate::body::{self, Stamp};
+use crate::cli::{Common, Fanout};
+use crate::env::Env;
+use crate::procfs;
+use crate::publish::{Audience, Mode, Publisher};
+use crate::report::{Percentiles, Report};
+use crate::tracker::{RING, Tracker};
+
+/// How long deliveries may trail the last publish before the rest counts as lost.
+const DRAIN: Duration = Duration::from_secs(10);
+
+/// The resolved parameters of a fan-out run.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// Subscribers.
+    pub subscribers: usize,
+    /// Stop after this many messages…
+    pub messages: Option<u64>,
+    /// …or after this long.
+    pub duration: Option<Duration>,
+    /// Messages per second, 0 = unpaced.
+    pub rate: f64,
+    /// Most unfinished messages, 0 = unbounded.
+    pub window: u64,
+    /// Body size.
+    pub size: usize,
+}
+
+impl Plan {
+    /// The defaults of each scenario, overridden by the command line.
+    pub fn new(scenario: &str, a: &Fanout) -> Plan {
+        let (n, m, d, r, w) = match scenario {
+            "seed-live" => (1000, Some(1), None, 0.0, 0),
+            "throughput" => (1000, None, Some(10.0), 0.0, 64),
+            _ => (10_000, Some(100), None, 10.0, 0),
+        };
+        Plan {
+            subscribers: a.subscribers.unwrap_or(n),
+            messages: a.messages.or(if a.duration.is_some() { None } else { m }),
+            duration: a.duration.or(d).map(Duration::from_secs_f64),
+            rate: a.rate.unwrap_or(r),
+            window: a.window.unwrap_or(w),
+            size: a.size,
+        }
+    }
+}
+
+/// Run the plan against `env` (published with `mode`).
+pub async fn run(scenario: &str, c: &Common, plan: &Plan, env: &Env, mode: Mode) -> Report {
+    let deadline = Instant::now() + Duration::from_secs(c.timeout);
+    let mut report = Report {
+        scenario: scenario.into(),
+        target: env.kind.into(),
+        ..Report::default()
+    };
+    report
+        .params
+        .insert("subscribers".into(), json!(plan.subscribers));
+    report
+        .params
+        .insert("messages".into(), json!(plan.messages));
+    report.params.insert(
+        "duration_s".into(),
+        json!(plan.duration.map(|d| d.as_secs_f64())),
+    );
+    report.params.insert("rate".into(), json!(plan.rate));
+    report.params.insert("window".into(), json!(plan.window));
+    report.params.insert("size".into(), json!(plan.size));
+    report.params.insert("publisher".into(), json!(mode));
+
+    let tracker = Tracker::new(plan.subscribers as u32);
+    let shared = Arc::new(Shared::default());
+    let facility = c.facility.clone();
+    let path = format!("/ws/{facility}?subscribe-broadcast");
+    let (conns, connect) = connect_many(
+        env,
+        plan.subscribers,
+        c.connect_concurrency,
+        |_| path.clone(),
+        |_| String::new(),
+        c.quiet,
+        &shared.closes,
+    )
+    .await;
+    report.connect = connect;
+    let nonce = nonce();
+    let mut tasks = tokio::task::JoinSet::new();
+    for conn in conns.into_iter().flatten() {
+        tasks.spawn(receive(conn, tracker.clone(), shared.clone(), nonce));
+    }
+    let live = (plan.subscribers - report.connect.failed) as u64;
+
+    let mut publisher = match Publisher::connect(mode, &env.targets, &facility).await {
+        Ok(p) => p,
+        Err(e) => {
+            report.errors.push(format!("publisher: {e}"));
+            return report;
+        }
+    };
+    let targets = env.targets.clone();
+    let warm_start = Instant::now();
+    let warm_deadline = (Instant::now() + Duration::from_secs(30)).min(deadline);
+    let warmed = match warm_up(
+        &shared,
+        live,
+        warm_deadline,
+        (&mut publisher, &targets, &facility),
+        &[Audience::Broadcast],
+        nonce,
+    )
+    .await
+    {
+        Ok(w) => w,
+        Err(e) => {
+            report.errors.push(format!("warm-up publish: {e}"));
+            false
+        }
+    };
+    if !warmed {
+        report
+            .errors
+            .push("not every subscriber became live before the deadline".into());
+    }
+
+    report.warmup_seconds = warm_start.elapsed().as_secs_f64();
+    report.warmup_rounds = shared
+        .warm_publishes
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let server_cpu = procfs::cpu_mark(env.server_pid.unwrap_or(0));
+    let redis_cpu = procfs::cpu_mark(env.redis_pid.unwrap_or(0));
+    let tool_cpu = procfs::cpu_mark(std::process::id() as i32);
+    let pb = super::bar(
+        c.quiet,
+        plan.messages
+            .unwrap_or_else(|| plan.duration.map_or(0, |d| d.as_secs())),
+        if plan.messages.is_some() {
+            "publish"
+        } else {
+            "seconds"
+        },
+    );
+    let start = Instant::now();
+    let first_ns = tracker.now_ns();
+    let mut seq = 0u64;
+    let window = if plan.window == 0 {
+        RING as u64 - 1
+    } else {
+        plan.window.min(RING as u64 - 1)
+    };
+    loop {
+        if plan.messages.is_some_and(|m| seq >= m)
+            || plan.duration.is_some_and(|d| start.elapsed() >= d)
+            || Instant::now() >= deadline
+        {
+            break;
+        }
+        if plan.rate > 0.0 {
+            let at = start + Duration::from_secs_f64(seq as f64 / plan.rate);
+            tokio::time::sleep_until(at.into()).await;
+        }
+        if seq >= window && !tracker.wait_completed(seq - window + 1, deadline).await {
+            report.errors.push(format!(
+                "message {} never reached every subscriber",
+                seq - window
+            ));
+            break;
+        }
+        let b = body::encode(
+            Stamp {
+                seq,
+                sent_ns: tracker.now_ns(),
+            },
+            plan.size,
+        );
+        if let Err(e) = publisher
+            .publish(&targets, &facility, &Audience::Broadcast, &b)
+            .await
+        {
+            report.errors.push(format!("publish {seq}: {e}"));
+            break;
+        }
+        seq += 1;
+        if plan.messages.is_some() {
+            pb.set_position(seq);
+        } else {
+            pb.set_position(start.elapsed().as_secs());
+        }
+    }
+    pb.finish_and_clear();
+    let drain = (Instant::now() + DRAIN).min(deadline.max(Instant::now()));
+    tracker.wait_completed(seq, drain).await;
+    // Stragglers of the last message may still be counting; give them a moment, bounded.
+    let settle = Instant::now() + Duration::from_millis(50);
+    while tracker.delivered() < seq * live && Instant::now() < settle {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    report.server_cpu = server_cpu.since(env.server_pid.unwrap_or(0));
+    report.redis_cpu = redis_cpu.since(env.redis_pid.unwrap_or(0));
+    report.tool_cpu = tool_cpu.since(std::process::id() as i32);
+    if let Some(pid) = env.server_pid {
+        report.server_memory = procfs::memory(pid);
+    }
+    tasks.abort_all();
+    drop(publisher);
+
+    let sum = tracker.summary();
+    report.published = seq;
+    report.expected = seq * plan.subscribers as u64;
+    report.delivered = sum.delivered;
+    report.lost = report.expected.saturating_sub(sum.delivered);
+    report.disorder = sum.disorder;
+    report.seconds = sum.last_recv_ns.saturating_sub(first_ns) as f64 / 1e9;
+    if report.seconds > 0.0 {
+        report.deliveries_per_sec = sum.delivered as f64 / report.seconds;
+    }
+    report.total_seconds = start.elapsed().as_secs_f64();
+    report.latency_ms = Percentiles::from_us(&sum.all);
+    report.last_delivery_ms = Percentiles::from_us(&sum.last);
+    let (closed, errors) = shared.closes.take();
+    report.closed = closed;
+    report.errors.extend(errors);
+    report
+}

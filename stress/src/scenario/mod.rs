@@ -1,0 +1,239 @@
+//! The scenarios and what they share: connecting many sockets, the receiving tasks, the
+//! warm-up that proves every subscription live, and the progress bars.
+//!
+//! Invariant: every wait is bounded by the run's deadline; a run that cannot finish reports
+//! what it lost instead of hanging.
+
+pub mod chat;
+pub mod fanout;
+pub mod idle;
+pub mod seed;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressStyle};
+use tokio::sync::{Notify, Semaphore};
+use tokio::task::JoinSet;
+
+use crate::body;
+use crate::client::{ClientError, Conn, Message};
+use crate::env::Env;
+use crate::publish::{Audience, PublishError, Publisher, Targets};
+use crate::report::{Connect, Percentiles};
+use crate::tracker::{Receiver, Tracker};
+
+/// A progress bar on stderr (hidden with `quiet` or when stderr is not a terminal).
+pub fn bar(quiet: bool, len: u64, what: &str) -> ProgressBar {
+    if quiet {
+        return ProgressBar::hidden();
+    }
+    let pb = ProgressBar::new(len);
+    pb.set_style(
+        ProgressStyle::with_template(
+            "{msg:>12} [{bar:40}] {pos}/{len} {elapsed_precise} {per_sec}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    pb.set_message(what.to_owned());
+    pb
+}
+
+/// Ways sockets ended during a run, and the first few errors.
+#[derive(Debug, Default)]
+pub struct Closes {
+    by_code: Mutex<BTreeMap<u16, u64>>,
+    errors: Mutex<Vec<String>>,
+    count: AtomicU64,
+}
+
+impl Closes {
+    /// Count a socket's end.
+    pub fn add(&self, e: &ClientError) {
+        self.count.fetch_add(1, Ordering::Relaxed);
+        match e {
+            ClientError::Closed(code) => {
+                if let Ok(mut m) = self.by_code.lock() {
+                    *m.entry(*code).or_default() += 1;
+                }
+            }
+            other => self.error(other.to_string()),
+        }
+    }
+
+    /// Keep an error message (the first ten).
+    pub fn error(&self, e: String) {
+        if let Ok(mut v) = self.errors.lock()
+            && v.len() < 10
+        {
+            v.push(e);
+        }
+    }
+
+    /// Sockets that ended.
+    pub fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    /// (close codes, errors).
+    pub fn take(&self) -> (BTreeMap<u16, u64>, Vec<String>) {
+        (
+            self.by_code.lock().map(|m| m.clone()).unwrap_or_default(),
+            self.errors.lock().map(|v| v.clone()).unwrap_or_default(),
+        )
+    }
+}
+
+/// Connect `n` sockets, `concurrency` at a time; socket `i` opens `path(i)` with headers
+/// `headers(i)`. Returns the sockets (in order, `None` for failures) and the connect report.
+pub async fn connect_many(
+    env: &Env,
+    n: usize,
+    concurrency: usize,
+    path: impl Fn(usize) -> String,
+    headers: impl Fn(usize) -> String,
+    quiet: bool,
+    closes: &Closes,
+) -> (Vec<Option<Conn>>, Connect) {
+    type Done = (usize, Result<Conn, ClientError>, Duration);
+    let pb = bar(quiet, n as u64, "connect");
+    let sem = Arc::new(Semaphore::new(concurrency.max(1)));
+    let mut set: JoinSet<Done> = JoinSet::new();
+    let mut conns: Vec<Option<Conn>> = (0..n).map(|_| None).collect();
+    let mut times = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("bounds");
+    let mut failed = 0;
+    let mut take = |done: Done| {
+        let (i, r, took) = done;
+        let _ = times.record((took.as_micros() as u64).max(1));
+        match r {
+            Ok(c) => conns[i] = Some(c),
+            Err(e) => {
+                failed += 1;
+                closes.error(format!("socket {i}: {e}"));
+            }
+        }
+        pb.inc(1);
+    };
+    let start = Instant::now();
+    for i in 0..n {
+        let permit = sem.clone().acquire_owned().await.expect("semaphore open");
+        let endpoint = env.targets.server.clone();
+        let (p, h, src) = (path(i), headers(i), env.source(i));
+        set.spawn(async move {
+            let t = Instant::now();
+            let r = Conn::open(&endpoint, &p, &h, src).await;
+            drop(permit);
+            (i, r, t.elapsed())
+        });
+        while let Some(Ok(done)) = set.try_join_next() {
+            take(done);
+        }
+    }
+    while let Some(r) = set.join_next().await {
+        if let Ok(done) = r {
+            take(done);
+        }
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    pb.finish_and_clear();
+    let report = Connect {
+        sockets: n,
+        failed,
+        seconds,
+        per_socket_ms: Percentiles::from_us(&times),
+    };
+    (conns, report)
+}
+
+/// Shared state of the receiving tasks besides the tracker.
+#[derive(Debug, Default)]
+pub struct Shared {
+    /// Sockets that saw this run's warm-up marker.
+    pub warmed: AtomicU64,
+    /// Woken on each newly warmed socket.
+    pub warm_notify: Notify,
+    /// How sockets ended.
+    pub closes: Closes,
+    /// Rounds of warm-up markers published.
+    pub warm_publishes: AtomicU64,
+}
+
+/// One socket's receiving loop: measured bodies go to the tracker, the first warm-up marker
+/// of this run is counted, anything else (heartbeats, replays) is ignored. Runs until the
+/// socket ends or the task is aborted.
+pub async fn receive(mut conn: Conn, tracker: Arc<Tracker>, shared: Arc<Shared>, nonce: u64) {
+    let warm = body::warmup(nonce);
+    let mut rx = Receiver::default();
+    let mut warmed = false;
+    loop {
+        match conn.recv().await {
+            Ok(Message { body: b, .. }) => {
+                if let Some(stamp) = body::decode(&b) {
+                    tracker.record(&mut rx, stamp);
+                } else if !warmed && b[..] == warm[..] {
+                    warmed = true;
+                    shared.warmed.fetch_add(1, Ordering::Relaxed);
+                    shared.warm_notify.notify_waiters();
+                }
+            }
+            Err(e) => {
+                shared.closes.add(&e);
+                return;
+            }
+        }
+    }
+}
+
+/// How long a round of warm-up markers gets to arrive before the next round.
+const WARM_ROUND: Duration = Duration::from_millis(250);
+
+/// Wait until `want` sockets saw this run's warm-up marker, publishing it to every audience
+/// every [`WARM_ROUND`] meanwhile. `Ok(false)` if they did not all by `deadline`. The markers published
+/// are counted in `shared.warm_publishes`.
+pub async fn warm_up(
+    shared: &Shared,
+    want: u64,
+    deadline: Instant,
+    (publisher, targets, facility): (&mut Publisher, &Targets, &str),
+    audiences: &[Audience],
+    nonce: u64,
+) -> Result<bool, PublishError> {
+    let marker = body::warmup(nonce);
+    loop {
+        if Instant::now() >= deadline {
+            return Ok(false);
+        }
+        for a in audiences {
+            publisher.publish(targets, facility, a, &marker).await?;
+        }
+        shared.warm_publishes.fetch_add(1, Ordering::Relaxed);
+        // Each round is a fan-out itself: wait for it to arrive rather than pile rounds up.
+        let round = (Instant::now() + WARM_ROUND).min(deadline);
+        loop {
+            let notified = shared.warm_notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let warmed = shared.warmed.load(Ordering::Relaxed);
+            if warmed + shared.closes.count() >= want {
+                return Ok(warmed >= want);
+            }
+            if tokio::time::timeout_at(round.into(), notified)
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+    }
+}
+
+/// A nonce for this run's warm-up markers (so stored markers of older runs do not count).
+pub fn nonce() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_nanos() as u64)
+}

@@ -1,0 +1,132 @@
+//! Every scenario at a small size (a few hundred sockets) against the real `wsredis` binary
+//! and a private redis-server: it must work and lose nothing. No timing is asserted here; the
+//! numbers belong in the README, measured with `make stress`.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use serde_json::Value;
+
+/// `target/<profile>/wsredis`, next to this test's own binary (`target/<profile>/deps/…`).
+/// `cargo test --workspace` (what `make test` runs) always builds it first, as the `wsredis`
+/// package has integration tests; a lone `cargo test -p wsredis-stress` builds it here.
+fn server_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let dir = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("target/<profile>");
+    let bin = dir.join("wsredis");
+    if !bin.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "-p", "wsredis", "--bin", "wsredis"])
+            .status()
+            .expect("run cargo build -p wsredis");
+        assert!(status.success(), "cargo build -p wsredis failed");
+    }
+    assert!(
+        bin.exists(),
+        "{} is missing; run `cargo build -p wsredis`",
+        bin.display()
+    );
+    bin
+}
+
+/// Run `wsredis-stress ARGS --server-bin … --json` and return its report; the exit status
+/// must be 0 (nothing lost).
+fn run(args: &[&str]) -> Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_wsredis-stress"))
+        .args(args)
+        .arg("--server-bin")
+        .arg(server_bin())
+        .args(["--workers", "2", "--json", "--quiet", "--timeout", "60"])
+        .output()
+        .expect("run wsredis-stress");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{args:?} failed ({}):\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("bad JSON ({e}):\n{stdout}"))
+}
+
+fn assert_all_delivered(r: &Value, expected: u64) {
+    assert_eq!(r["expected"], expected, "{r:#}");
+    assert_eq!(r["delivered"], expected, "{r:#}");
+    assert_eq!(r["lost"], 0);
+    assert_eq!(r["disorder"], 0);
+}
+
+#[test]
+fn seed_replays_the_stored_message_to_every_subscriber() {
+    let r = run(&["seed", "-n", "200"]);
+    assert_all_delivered(&r, 200);
+}
+
+#[test]
+fn seed_live_reaches_every_connected_subscriber() {
+    let r = run(&["seed-live", "-n", "200"]);
+    assert_all_delivered(&r, 200);
+    assert_eq!(r["last_delivery_ms"]["count"], 1);
+}
+
+#[test]
+fn fanout_from_every_publisher() {
+    for publisher in ["ws", "redis", "api"] {
+        let r = run(&[
+            "fanout",
+            "-n",
+            "200",
+            "-m",
+            "20",
+            "-r",
+            "200",
+            "--publisher",
+            publisher,
+        ]);
+        assert_all_delivered(&r, 4000);
+        assert_eq!(r["last_delivery_ms"]["count"], 20, "{publisher}");
+    }
+}
+
+#[test]
+fn throughput_with_the_baseline_alongside() {
+    let r = run(&[
+        "throughput",
+        "-n",
+        "100",
+        "-d",
+        "1",
+        "-w",
+        "16",
+        "--baseline",
+    ]);
+    assert_eq!(r["lost"], 0, "{r:#}");
+    assert!(r["published"].as_u64().unwrap() > 0);
+    assert_eq!(r["delivered"], r["expected"]);
+    let base = &r["versus_baseline"];
+    assert!(
+        base["baseline_deliveries_per_sec"].as_f64().unwrap() > 0.0,
+        "{r:#}"
+    );
+}
+
+#[test]
+fn idle_holds_every_socket_and_reads_the_memory() {
+    let r = run(&["idle", "-n", "200", "--hold", "0.5"]);
+    assert_eq!(r["lost"], 0, "{r:#}");
+    let m = &r["memory"];
+    assert!(m["after"]["rss_kib"].as_u64().unwrap() > 0, "{r:#}");
+    assert_eq!(m["after"]["processes"], 3, "master and two workers");
+}
+
+#[test]
+fn chat_delivers_each_message_to_its_one_user() {
+    for publisher in ["redis", "api"] {
+        let r = run(&["chat", "-u", "50", "-m", "300", "--publisher", publisher]);
+        assert_all_delivered(&r, 300);
+    }
+}
