@@ -12,6 +12,7 @@
 
 pub mod cookie;
 pub mod csrf;
+pub mod django;
 pub mod form;
 pub mod login;
 pub mod password;

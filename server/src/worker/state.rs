@@ -8,9 +8,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::control::ControlPipe;
+use crate::auth::django::{Django, DjangoError, SessionSource};
 use crate::auth::session::SessionStore;
 use crate::bus::{Bus, BusError};
-use crate::config::Config;
+use crate::config::{Config, SessionBackend};
 use crate::metrics::{Slot, Slots};
 use crate::supervisor::Control;
 use crate::ws::{CloseReason, Namer, Settings, Stats};
@@ -65,6 +66,8 @@ pub struct App {
     pub ws_stats: Arc<Stats>,
     /// The web app's sessions, read to identify sockets.
     pub sessions_store: SessionStore,
+    /// With `--session-backend django-*`: sockets are identified from the Django site instead.
+    pub django: Option<Django>,
 }
 
 /// Why a worker could not start.
@@ -73,6 +76,9 @@ pub enum StartError {
     /// The Redis configuration is unusable (Redis being down is not an error: it reconnects).
     #[error(transparent)]
     Bus(#[from] BusError),
+    /// The Django identity source cannot be set up.
+    #[error(transparent)]
+    Django(#[from] DjangoError),
 }
 
 impl App {
@@ -98,7 +104,18 @@ impl App {
             config.session_prefix.clone(),
             config.session_ttl,
         );
+        let django = match config.session_backend {
+            SessionBackend::Wsredis => None,
+            SessionBackend::DjangoRedis => Some(SessionSource::Redis {
+                client: bus.commands().clone(),
+                prefix: config.django.django_session_redis_prefix.clone(),
+            }),
+            SessionBackend::DjangoDb => Some(SessionSource::Db),
+        }
+        .map(|source| Django::new(&config.django, source))
+        .transpose()?;
         Ok(App {
+            django,
             namer: Namer::new(&config.redis_prefix),
             ws_settings: Arc::new(Settings::from_config(&config)),
             ws_stats: Arc::new(Stats::default()),
