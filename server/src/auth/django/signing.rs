@@ -260,8 +260,13 @@ pub fn legacy_session_loads(
 mod tests {
     use super::*;
 
-    // Produced by Django 4.2 (`fixtures/django`) with SECRET_KEY = "vector-secret-key" at
-    // time.time() = 1700000000.5; see the commit that added them for the script.
+    // Produced by Django 4.2 (the venv of scripts/django-venv.sh) with
+    // settings.configure(SECRET_KEY="vector-secret-key") and time.time = lambda: 1700000000.5:
+    // signing.dumps(session, salt=SALT, compress=True) for COMPRESSED (session = the dict the
+    // asserts read) and PLAIN ({"a": 1}), signing.dumps({"user_id": 2, "groups":
+    // ["chatusers"]}, salt="wsredis.token") for TOKEN, key="another-secret" for OTHER_KEY, and
+    // for LEGACY Django 3.0's base64(salted_hmac("django.contrib.sessionsSessionStore",
+    // json).hexdigest() + ":" + json).
     const KEY: &str = "vector-secret-key";
     const SALT: &str = "django.contrib.sessions.SessionStore";
     const NOW: i64 = 1_700_000_000;
