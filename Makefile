@@ -5,7 +5,7 @@ BIN := target/release/wsredis
 PORT ?= 8000
 WORKERS ?= $(shell nproc)
 
-.PHONY: help deps deps-deploy build test lint unit run-standalone run-behind-nginx bench-http stress stress-nginx clean
+.PHONY: help deps deps-deploy deps-django build test lint unit run-standalone run-behind-nginx bench-http stress stress-nginx clean
 
 help:
 	@echo "make run-standalone  build and start the server on :$(PORT) (all set-up included)"
@@ -30,12 +30,17 @@ lint:
 unit:
 	$(CARGO) test --workspace --locked
 
-test: deps deps-deploy lint unit
+test: deps deps-deploy deps-django lint unit
 
 # What the deployment tests (server/tests/deploy_*.rs) need besides redis-server; a test whose
 # tool cannot be installed says so and skips.
 deps-deploy:
 	@scripts/ensure-deps.sh nginx promtool || echo "deps-deploy: could not install nginx/promtool; those tests will skip" >&2
+
+# The private virtualenv with the real Django stack of server/tests/django.rs (cached under
+# target/django-venv); without python3-venv or PyPI those tests say so and skip.
+deps-django:
+	@scripts/django-venv.sh >/dev/null || echo "deps-django: could not build the Django virtualenv; server/tests/django.rs will skip" >&2
 
 run-standalone: build
 	BIN=$(BIN) PORT=$(PORT) WORKERS=$(WORKERS) scripts/run-standalone.sh

@@ -12,6 +12,10 @@ use clap::builder::TypedValueParser as _;
 use clap::{Args, ValueEnum};
 use serde::{Deserialize, Serialize};
 
+use crate::auth::django::settings::DjangoSettings;
+use crate::bus::channels::Identity;
+use crate::ws::Flags;
+
 /// Which routes a pool of workers serves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -41,6 +45,29 @@ impl Mode {
             Mode::All => "all",
             Mode::Http => "http",
             Mode::Websocket => "websocket",
+        }
+    }
+}
+
+/// Where websocket identities come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SessionBackend {
+    /// This server's own web app: `wsredis:session:` records in Redis (docs/sessions.md).
+    Wsredis,
+    /// A Django site with `SESSION_ENGINE = "redis_sessions.session"` (django-redis-sessions).
+    DjangoRedis,
+    /// A Django site with `SESSION_ENGINE = "django.contrib.sessions.backends.db"`.
+    DjangoDb,
+}
+
+impl SessionBackend {
+    /// The name on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SessionBackend::Wsredis => "wsredis",
+            SessionBackend::DjangoRedis => "django-redis",
+            SessionBackend::DjangoDb => "django-db",
         }
     }
 }
@@ -101,6 +128,18 @@ fn parse_prefix(s: &str) -> Result<String, String> {
     }
 }
 
+/// The value of a django-websocket-redis setting given under its Django name in the
+/// environment (`WS4REDIS_PREFIX`, …), as a flag's default: a `--flag` or `WSREDIS_*` variable
+/// still wins. Leaked once per process (clap wants `'static` defaults).
+fn django_alias(name: &str) -> Option<&'static str> {
+    let value = std::env::var(name).ok()?;
+    Some(Box::leak(value.into_boxed_str()))
+}
+
+fn parse_allowed(s: &str) -> Result<Flags, String> {
+    Flags::parse_allowed(s)
+}
+
 fn default_workers() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
@@ -157,8 +196,10 @@ pub struct Config {
     #[arg(long, env = "WSREDIS_LOG_FILE")]
     pub log_file: Option<PathBuf>,
 
-    /// URL prefix of websocket endpoints (django-websocket-redis: WEBSOCKET_URL).
-    #[arg(long, env = "WSREDIS_WEBSOCKET_URL", default_value = "/ws/", value_parser = parse_prefix)]
+    /// URL prefix of websocket endpoints (django-websocket-redis: WEBSOCKET_URL, also read
+    /// under that name).
+    #[arg(long, env = "WSREDIS_WEBSOCKET_URL", value_parser = parse_prefix,
+          default_value = django_alias("WEBSOCKET_URL").unwrap_or("/ws/"))]
     pub websocket_url: String,
 
     /// Redis: redis://, rediss://, redis+unix:///path or redis-sentinel://.
@@ -169,18 +210,21 @@ pub struct Config {
     )]
     pub redis_url: String,
 
-    /// Prefix of every Redis channel and key (django-websocket-redis: WS4REDIS_PREFIX).
-    #[arg(long, env = "WSREDIS_REDIS_PREFIX", default_value = "")]
+    /// Prefix of every Redis channel and key (django-websocket-redis: WS4REDIS_PREFIX, also
+    /// read under that name).
+    #[arg(long, env = "WSREDIS_REDIS_PREFIX",
+          default_value = django_alias("WS4REDIS_PREFIX").unwrap_or(""))]
     pub redis_prefix: String,
 
     /// Seconds a published message is kept for replay to sockets that connect later; 0 = off
-    /// (django-websocket-redis: WS4REDIS_EXPIRE).
-    #[arg(long, env = "WSREDIS_EXPIRE", default_value_t = 3600)]
+    /// (django-websocket-redis: WS4REDIS_EXPIRE, also read under that name).
+    #[arg(long, env = "WSREDIS_EXPIRE",
+          default_value = django_alias("WS4REDIS_EXPIRE").unwrap_or("3600"))]
     pub expire: u64,
 
     /// Application heartbeat string sent to each socket and never published when received
-    /// (django-websocket-redis: WS4REDIS_HEARTBEAT).
-    #[arg(long, env = "WSREDIS_HEARTBEAT")]
+    /// (django-websocket-redis: WS4REDIS_HEARTBEAT, also read under that name).
+    #[arg(long, env = "WSREDIS_HEARTBEAT", default_value = django_alias("WS4REDIS_HEARTBEAT"))]
     pub heartbeat: Option<String>,
 
     /// Seconds between application heartbeats.
@@ -214,6 +258,34 @@ pub struct Config {
         default_value = "sqlite://var/wsredis.sqlite3"
     )]
     pub database_url: String,
+
+    /// Where socket identities come from: this server's web app, or a Django site's sessions
+    /// (django-redis-sessions in Redis, or Django's database); see --django-*.
+    #[arg(
+        long,
+        env = "WSREDIS_SESSION_BACKEND",
+        value_enum,
+        default_value = "wsredis"
+    )]
+    pub session_backend: SessionBackend,
+
+    /// Channel flags an anonymous socket may use, comma-separated (e.g.
+    /// `subscribe-broadcast,publish-broadcast`; `all`, `none`); others are dropped silently,
+    /// as WS4REDIS_ALLOWED_CHANNELS does [default: all].
+    #[arg(long, env = "WSREDIS_ALLOWED_CHANNELS_ANONYMOUS", value_parser = parse_allowed)]
+    pub allowed_channels_anonymous: Option<Flags>,
+
+    /// Channel flags a logged-in (non-staff) socket may use [default: all].
+    #[arg(long, env = "WSREDIS_ALLOWED_CHANNELS_AUTHENTICATED", value_parser = parse_allowed)]
+    pub allowed_channels_authenticated: Option<Flags>,
+
+    /// Channel flags a staff user's socket may use [default: as authenticated].
+    #[arg(long, env = "WSREDIS_ALLOWED_CHANNELS_STAFF", value_parser = parse_allowed)]
+    pub allowed_channels_staff: Option<Flags>,
+
+    /// Django's sessions, users and secret key (with --session-backend django-*).
+    #[command(flatten)]
+    pub django: DjangoSettings,
 
     /// Redis key prefix of web-app sessions.
     #[arg(
@@ -274,6 +346,18 @@ impl Config {
             .map(|s| s.0.as_str())
     }
 
+    /// The channel flags a socket of `identity` may use (`--allowed-channels-*`).
+    pub fn allowed_channels(&self, identity: &Identity) -> Option<Flags> {
+        if identity.username.is_none() {
+            self.allowed_channels_anonymous
+        } else if identity.is_staff {
+            self.allowed_channels_staff
+                .or(self.allowed_channels_authenticated)
+        } else {
+            self.allowed_channels_authenticated
+        }
+    }
+
     /// Graceful stop deadline.
     pub fn graceful(&self) -> Duration {
         Duration::from_secs(self.graceful_timeout)
@@ -303,6 +387,28 @@ impl Config {
             return Err(ConfigError::Invalid(
                 "--heartbeat-interval and --ping-interval must be at least 1 second".into(),
             ));
+        }
+        if self.session_backend != SessionBackend::Wsredis {
+            if self.django.secret_keys().is_none() {
+                return Err(ConfigError::Invalid(format!(
+                    "--session-backend {} needs Django's SECRET_KEY: set DJANGO_SECRET_KEY or \
+                     --django-secret-key-file",
+                    self.session_backend.as_str()
+                )));
+            }
+            match self.django.django_database_url.as_deref() {
+                None => {
+                    return Err(ConfigError::Invalid(format!(
+                        "--session-backend {} needs --django-database-url (auth_user is read \
+                         there)",
+                        self.session_backend.as_str()
+                    )));
+                }
+                Some(url) => {
+                    crate::store::backend_of(url)
+                        .map_err(|e| ConfigError::Invalid(format!("--django-database-url: {e}")))?;
+                }
+            }
         }
         Ok(())
     }

@@ -5,6 +5,8 @@
 //! - [`login`]: [`authenticate`] a username and password against the store; [`login()`] also
 //!   rotates the session; [`create_user`] for `wsredis createuser`.
 //! - [`session`]: the session record in Redis that pages and the websocket pool both read.
+//! - [`django`]: identity from an existing Django site's sessions and `auth_user`, for
+//!   `--session-backend django-redis|django-db`.
 //! - [`csrf`]: Django-style CSRF tokens and their check; [`cookie`]: `Cookie` parsing and
 //!   `Set-Cookie` builders; [`form`]: `application/x-www-form-urlencoded` bodies.
 //!
@@ -12,6 +14,7 @@
 
 pub mod cookie;
 pub mod csrf;
+pub mod django;
 pub mod form;
 pub mod login;
 pub mod password;

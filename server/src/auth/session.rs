@@ -244,7 +244,9 @@ impl SessionStore {
 }
 
 /// Run one Redis command with [`COMMAND_TIMEOUT`].
-async fn timed<T>(fut: impl Future<Output = Result<T, RedisError>>) -> Result<T, SessionError> {
+pub(crate) async fn timed<T>(
+    fut: impl Future<Output = Result<T, RedisError>>,
+) -> Result<T, SessionError> {
     match tokio::time::timeout(COMMAND_TIMEOUT, fut).await {
         Ok(result) => result.map_err(SessionError::from),
         Err(_) => Err(SessionError::Unavailable(format!(

@@ -8,9 +8,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::control::ControlPipe;
+use crate::auth::django::{Django, DjangoError, SessionSource};
 use crate::auth::session::SessionStore;
 use crate::bus::{Bus, BusError};
-use crate::config::Config;
+use crate::config::{Config, SessionBackend};
 use crate::metrics::{Slot, Slots};
 use crate::store::{Store, StoreError};
 use crate::supervisor::Control;
@@ -69,6 +70,8 @@ pub struct App {
     /// Users and groups, for pages; connects lazily, so a database that is down at start-up
     /// costs 503 pages, not the worker (websockets do not need it).
     pub store: Store,
+    /// With `--session-backend django-*`: sockets are identified from the Django site instead.
+    pub django: Option<Django>,
 }
 
 /// Why a worker could not start.
@@ -80,6 +83,9 @@ pub enum StartError {
     /// The database URL can never work (a bad scheme or syntax).
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The Django identity source cannot be set up.
+    #[error(transparent)]
+    Django(#[from] DjangoError),
 }
 
 impl App {
@@ -106,8 +112,19 @@ impl App {
             config.session_ttl,
         );
         let store = Store::connect_lazy(&config.database_url)?;
+        let django = match config.session_backend {
+            SessionBackend::Wsredis => None,
+            SessionBackend::DjangoRedis => Some(SessionSource::Redis {
+                client: bus.commands().clone(),
+                prefix: config.django.django_session_redis_prefix.clone(),
+            }),
+            SessionBackend::DjangoDb => Some(SessionSource::Db),
+        }
+        .map(|source| Django::new(&config.django, source))
+        .transpose()?;
         Ok(App {
             store,
+            django,
             namer: Namer::new(&config.redis_prefix),
             ws_settings: Arc::new(Settings::from_config(&config)),
             ws_stats: Arc::new(Stats::default()),

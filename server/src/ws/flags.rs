@@ -12,12 +12,13 @@
 use std::borrow::Cow;
 
 use percent_encoding::percent_decode_str;
+use serde::{Deserialize, Serialize};
 
 use crate::bus::channels::Audiences;
 
 /// The flags of one websocket URL. All false by default (a socket with no flags is accepted and
 /// only receives heartbeats, as in ws4redis).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Flags {
     /// `subscribe-broadcast`.
     pub subscribe_broadcast: bool,
@@ -49,12 +50,65 @@ impl Flags {
                 continue;
             }
             let key = decode(raw_key);
-            flags.set(&key.trim().to_lowercase());
+            let _known = flags.set(&key.trim().to_lowercase());
         }
         flags
     }
 
-    fn set(&mut self, name: &str) {
+    /// Parse an allow-list (`--allowed-channels-*`, the counterpart of
+    /// `WS4REDIS_ALLOWED_CHANNELS`): comma-separated channel flag names, e.g.
+    /// `subscribe-broadcast,publish-broadcast`; `all` for every one, `none` or empty for none.
+    /// `echo` is not a channel and cannot be listed.
+    pub fn parse_allowed(list: &str) -> Result<Flags, String> {
+        let mut flags = Flags::default();
+        for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            match name {
+                "none" => {}
+                "all" => flags = Flags::ALL,
+                _ if name != "echo" && flags.set(name) => {}
+                _ => {
+                    return Err(format!(
+                        "`{name}` is not a channel flag (subscribe-/publish- followed by \
+                         broadcast, user, group or session; or all, none)"
+                    ));
+                }
+            }
+        }
+        Ok(flags)
+    }
+
+    /// Every flag set.
+    const ALL: Flags = Flags {
+        subscribe_broadcast: true,
+        publish_broadcast: true,
+        subscribe_user: true,
+        publish_user: true,
+        subscribe_group: true,
+        publish_group: true,
+        subscribe_session: true,
+        publish_session: true,
+        echo: true,
+    };
+
+    /// The channel flags of `self` that `allowed` also has; `echo` is kept as asked. Flags
+    /// outside the allow-list are dropped silently, as ws4redis drops what
+    /// `WS4REDIS_ALLOWED_CHANNELS` does not return.
+    pub fn restrict(self, allowed: Flags) -> Flags {
+        Flags {
+            subscribe_broadcast: self.subscribe_broadcast && allowed.subscribe_broadcast,
+            publish_broadcast: self.publish_broadcast && allowed.publish_broadcast,
+            subscribe_user: self.subscribe_user && allowed.subscribe_user,
+            publish_user: self.publish_user && allowed.publish_user,
+            subscribe_group: self.subscribe_group && allowed.subscribe_group,
+            publish_group: self.publish_group && allowed.publish_group,
+            subscribe_session: self.subscribe_session && allowed.subscribe_session,
+            publish_session: self.publish_session && allowed.publish_session,
+            echo: self.echo,
+        }
+    }
+
+    /// Set the flag called `name`; whether it is one.
+    fn set(&mut self, name: &str) -> bool {
         let field = match name {
             "subscribe-broadcast" => &mut self.subscribe_broadcast,
             "publish-broadcast" => &mut self.publish_broadcast,
@@ -65,9 +119,10 @@ impl Flags {
             "subscribe-session" => &mut self.subscribe_session,
             "publish-session" => &mut self.publish_session,
             "echo" => &mut self.echo,
-            _ => return,
+            _ => return false,
         };
         *field = true;
+        true
     }
 
     /// The audiences the socket subscribes to.
@@ -195,6 +250,20 @@ mod tests {
             }
         }
         assert!(Flags::parse("%65cho").echo);
+    }
+
+    #[test]
+    fn allow_lists() {
+        let a = Flags::parse_allowed("subscribe-broadcast, publish-broadcast").unwrap();
+        let asked = Flags::parse("subscribe-broadcast&subscribe-user&publish-broadcast&echo");
+        let kept = asked.restrict(a);
+        assert!(kept.subscribe_broadcast && kept.publish_broadcast && kept.echo);
+        assert!(!kept.subscribe_user);
+        assert_eq!(Flags::parse_allowed("none").unwrap(), Flags::default());
+        assert_eq!(Flags::parse_allowed("").unwrap(), Flags::default());
+        assert_eq!(asked.restrict(Flags::parse_allowed("all").unwrap()), asked);
+        assert!(Flags::parse_allowed("echo").is_err());
+        assert!(Flags::parse_allowed("subscribe-everything").is_err());
     }
 
     #[test]

@@ -18,6 +18,7 @@ use tokio_tungstenite::tungstenite::protocol::Role;
 
 use super::handshake::{self, HandshakeError};
 use super::{ChannelError, Flags, Identity, SessionCtx, flags, websocket_config};
+use crate::auth::django::{Django, DjangoError};
 use crate::auth::{cookie, session};
 use crate::http::response::{self, Response};
 use crate::worker::App;
@@ -72,7 +73,14 @@ async fn prepare(
     let flags = Flags::parse(req.uri().query().unwrap_or(""));
     let facility = flags::facility(req.uri().path(), &app.config.websocket_url)
         .ok_or_else(|| HandshakeError::BadRequest("the facility is not valid".into()))?;
-    let identity = identify(app, req).await?;
+    let identity = match &app.django {
+        Some(django) => identify_django(django, req).await?,
+        None => identify(app, req).await?,
+    };
+    let flags = match app.config.allowed_channels(&identity) {
+        Some(allowed) => flags.restrict(allowed),
+        None => flags,
+    };
     let channels = app
         .namer
         .plan(&facility, &identity, flags.subscribe(), flags.publish())
@@ -111,6 +119,27 @@ async fn identify(app: &App, req: &Request<Incoming>) -> Result<Identity, Handsh
         Err(e) if e.is_unavailable() => Err(HandshakeError::Unavailable),
         Err(e) => {
             tracing::warn!(error = %e, "session lookup failed; treating the socket as anonymous");
+            Ok(Identity::anonymous())
+        }
+    }
+}
+
+/// Who is on the socket according to the Django site (`--session-backend django-*`).
+async fn identify_django(
+    django: &Django,
+    req: &Request<Incoming>,
+) -> Result<Identity, HandshakeError> {
+    match django
+        .identify(req.headers(), req.uri().query().unwrap_or(""))
+        .await
+    {
+        Ok(identity) => Ok(identity),
+        Err(DjangoError::Unavailable(why)) => {
+            tracing::warn!(%why, "django session lookup unavailable");
+            Err(HandshakeError::Unavailable)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "django session lookup failed; treating the socket as anonymous");
             Ok(Identity::anonymous())
         }
     }
