@@ -310,7 +310,11 @@ async fn api_needs_the_token_and_says_why() {
 
 #[tokio::test]
 async fn sockets_survive_a_redis_restart_and_publishes_fail_clearly_meanwhile() {
-    let mut server = Server::start_env(&["--workers", "2"], &[("WSREDIS_API_TOKEN", TOKEN)]);
+    let metrics = format!("127.0.0.1:{}", common::free_port());
+    let mut server = Server::start_env(
+        &["--workers", "2", "--metrics-bind", &metrics],
+        &[("WSREDIS_API_TOKEN", TOKEN)],
+    );
     let mut sockets = Vec::new();
     for _ in 0..10 {
         sockets.push(
@@ -382,6 +386,29 @@ async fn sockets_survive_a_redis_restart_and_publishes_fail_clearly_meanwhile() 
             "delivered twice"
         );
     }
+    // Metrics saw the outage: reconnects counted, the delivery timed from Redis to socket.
+    let value = |text: &str, name: &str| -> f64 {
+        text.lines()
+            .filter(|l| l.starts_with(name))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let mut text = String::new();
+    for _ in 0..50 {
+        text = common::server::scrape(&metrics).await;
+        if value(&text, "wsredis_fanout_latency_seconds_count") >= 10.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        value(&text, "wsredis_redis_reconnects_total") >= 1.0,
+        "{text}"
+    );
+    assert!(
+        value(&text, "wsredis_fanout_latency_seconds_count") >= 10.0,
+        "{text}"
+    );
 }
 
 #[tokio::test]

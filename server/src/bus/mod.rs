@@ -20,6 +20,7 @@ mod registry;
 mod tasks;
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -162,6 +163,17 @@ impl Bus {
         let _commands_task = commands.connect();
         let _subscriber_task = subscriber.connect();
         let _resubscribe_task = subscriber.manage_subscriptions();
+        let mut reconnects = subscriber.reconnect_rx();
+        let counted = registry.clone();
+        tokio::spawn(async move {
+            // The first connection is not a reconnect: skip it.
+            let mut first = true;
+            while reconnects.recv().await.is_ok() {
+                if !std::mem::take(&mut first) {
+                    counted.stats.reconnects.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        });
         tokio::spawn(tasks::run_dispatcher(registry.clone(), messages));
         tokio::spawn(tasks::run_syncer(
             Arc::downgrade(&registry),

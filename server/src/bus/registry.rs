@@ -19,6 +19,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
 
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -36,6 +37,8 @@ pub struct BusStats {
     pub overflows: AtomicU64,
     /// SUBSCRIBE/UNSUBSCRIBE commands that failed (retried).
     pub sync_errors: AtomicU64,
+    /// Times the subscriber connection came back after a loss.
+    pub reconnects: AtomicU64,
 }
 
 /// One message for one socket: the channel it came on and the shared body.
@@ -45,6 +48,8 @@ pub struct Delivery {
     pub channel: Arc<str>,
     /// The body.
     pub payload: Payload,
+    /// When the message arrived from Redis (for the fan-out latency).
+    pub arrived: Instant,
 }
 
 struct Local {
@@ -156,7 +161,7 @@ impl Registry {
     }
 
     /// Fan one Redis message out to the local subscribers of `channel`.
-    pub(crate) fn dispatch(&self, channel: &str, payload: Payload) {
+    pub(crate) fn dispatch(&self, channel: &str, payload: Payload, arrived: Instant) {
         self.stats.messages.fetch_add(1, Ordering::Relaxed);
         let table = self.lock();
         let Some((key, entry)) = table.get_key_value(channel) else {
@@ -166,6 +171,7 @@ impl Registry {
             let delivery = Delivery {
                 channel: key.clone(),
                 payload: payload.clone(),
+                arrived,
             };
             if let Err(mpsc::error::TrySendError::Full(_)) = local.tx.try_send(delivery)
                 && !local.overflow.is_cancelled()
@@ -309,18 +315,18 @@ mod tests {
         let mut fast = reg.subscribe(&names(&["c", "other"]));
         let body = Payload::from_bytes(bytes::Bytes::from_static(b"m"));
         for _ in 0..2 {
-            reg.dispatch("c", body.clone());
+            reg.dispatch("c", body.clone(), Instant::now());
             let d = fast.recv().await.unwrap();
             assert_eq!(&*d.channel, "c");
             assert_eq!(d.payload.as_bytes().as_ptr(), body.as_bytes().as_ptr());
         }
         assert!(!slow.is_overflowed());
-        reg.dispatch("c", body.clone());
+        reg.dispatch("c", body.clone(), Instant::now());
         assert!(slow.is_overflowed());
         assert!(!fast.is_overflowed());
         assert_eq!(slow.recv().await.unwrap_err(), Overflowed);
         assert_eq!(reg.stats.overflows.load(Ordering::Relaxed), 1);
-        reg.dispatch("nobody", body);
+        reg.dispatch("nobody", body, Instant::now());
         assert_eq!(reg.stats.messages.load(Ordering::Relaxed), 4);
     }
 }

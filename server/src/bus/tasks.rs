@@ -31,6 +31,7 @@ pub(crate) async fn run_dispatcher(
     loop {
         match messages.recv().await {
             Ok(msg) => {
+                let arrived = std::time::Instant::now();
                 let payload = match msg.value {
                     fred::types::Value::String(s) => Payload::from_bytes(s.into_inner()),
                     fred::types::Value::Bytes(b) => Payload::Binary(b),
@@ -39,7 +40,7 @@ pub(crate) async fn run_dispatcher(
                         None => continue,
                     },
                 };
-                registry.dispatch(&msg.channel, payload);
+                registry.dispatch(&msg.channel, payload, arrived);
             }
             Err(RecvError::Lagged(n)) => {
                 registry.stats.lagged.fetch_add(n, Ordering::Relaxed);

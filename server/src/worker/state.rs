@@ -179,7 +179,12 @@ impl App {
             load(&s.too_large),
             load(&b.lagged),
             load(&s.published),
+            load(&b.reconnects),
+            load(&s.fanout.count),
+            load(&s.fanout.sum_ns),
         ];
+        now.extend(s.fanout.buckets.iter().map(load));
+        let closes_at = now.len();
         now.extend(CloseReason::ALL.iter().map(|r| s.closed(*r)));
         last.values.resize(now.len(), 0);
         let delta: Vec<u64> = now
@@ -199,8 +204,19 @@ impl App {
         add(&slot.dropped_oversize, delta[4]);
         add(&slot.dropped_lagged, delta[5]);
         add(&slot.published, delta[6]);
+        add(&slot.redis_reconnects, delta[7]);
+        add(&slot.fanout_latency.count, delta[8]);
+        add(&slot.fanout_latency.sum_ns, delta[9]);
+        for (bucket, d) in slot
+            .fanout_latency
+            .buckets
+            .iter()
+            .zip(&delta[10..closes_at])
+        {
+            add(bucket, *d);
+        }
         for (i, reason) in CloseReason::ALL.iter().enumerate() {
-            for _ in 0..delta[7 + i] {
+            for _ in 0..delta[closes_at + i] {
                 slot.closed(close_code(*reason));
             }
         }

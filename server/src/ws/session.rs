@@ -232,11 +232,19 @@ impl Session {
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
+        let mut arrivals = vec![first.arrived];
         let first = self.admit(first);
+        if first.is_none() {
+            arrivals.clear();
+        }
         let mut rest = Vec::new();
         while rest.len() < MAX_BATCH {
             let Some(d) = self.sub.try_recv() else { break };
-            rest.extend(self.admit(d));
+            let arrived = d.arrived;
+            if let Some(m) = self.admit(d) {
+                rest.push(m);
+                arrivals.push(arrived);
+            }
         }
         if first.is_none() && rest.is_empty() {
             return Ok(());
@@ -244,6 +252,9 @@ impl Session {
         let n = u64::from(first.is_some()) + rest.len() as u64;
         self.send_all(ws, first.into_iter().chain(rest)).await?;
         Stats::add(&self.ctx.stats.delivered, n);
+        for arrived in arrivals {
+            self.ctx.stats.fanout.observe(arrived.elapsed());
+        }
         Ok(())
     }
 

@@ -86,6 +86,8 @@ pub struct Stats {
     pub too_large: AtomicU64,
     /// Heartbeats sent.
     pub heartbeats: AtomicU64,
+    /// From a message's arrival from Redis to its write to this worker's sockets.
+    pub fanout: crate::metrics::Hist,
 }
 
 impl Stats {
