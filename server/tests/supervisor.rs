@@ -368,3 +368,48 @@ async fn unix_socket_bind_with_mode() {
     assert!(!path.exists(), "the socket file is removed on exit");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn usr1_reopens_the_log_file_in_master_and_workers() {
+    let dir = std::env::temp_dir().join(format!("wsredis-logs-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let log = dir.join("wsredis.log");
+    let rotated = dir.join("wsredis.log.1");
+    let log_arg = log.to_string_lossy().into_owned();
+    let server = Server::start(&[
+        "--workers",
+        "2",
+        "--log-file",
+        &log_arg,
+        "--log-format",
+        "json",
+    ]);
+    assert!(eventually(Duration::from_secs(5), || log.exists()).await);
+    std::fs::rename(&log, &rotated).unwrap();
+    server.signal(Signal::SIGUSR1);
+    assert!(eventually(Duration::from_secs(5), || log.exists()).await);
+    // Something every process logs after the reopen: a TTIN (master) and a drain (worker).
+    server.signal(Signal::SIGTTIN);
+    assert!(eventually(Duration::from_secs(5), || server.worker_pids().len() == 3).await);
+    server.signal(Signal::SIGTTOU);
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            text.contains("\"process\":\"master\"") && text.contains("\"process\":\"worker\"")
+        })
+        .await,
+        "new log: {}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    for line in std::fs::read_to_string(&log).unwrap().lines() {
+        let v: serde_json::Value = serde_json::from_str(line).expect("every line is JSON");
+        assert!(v["pid"].is_u64() && v["message"].is_string(), "{line}");
+    }
+    let old = std::fs::read_to_string(&rotated).unwrap();
+    assert!(
+        old.contains("master started"),
+        "the rotated file kept the old lines"
+    );
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}
