@@ -24,7 +24,6 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
-use fred::clients::Pipeline;
 use fred::clients::{Client, SubscriberClient};
 use fred::error::{Error as RedisError, ErrorKind};
 use fred::interfaces::{ClientLike, EventInterface, KeysInterface, PubsubInterface};
@@ -221,34 +220,39 @@ impl Bus {
         let expire = i64::try_from(expire_secs).unwrap_or(i64::MAX);
         // Never queued behind a reconnect nor retried: a publish that is reported as failed
         // must not reach anyone later (fred would otherwise replay it once Redis is back).
-        let pipe = Pipeline::from(self.inner.commands.with_options(&Options {
+        // Options apply per command, so the commands are issued one by one but concurrently:
+        // fred pipelines concurrent commands on its one connection, in the order given.
+        let once = self.inner.commands.with_options(&Options {
             fail_fast: true,
             max_attempts: Some(1),
             timeout: Some(COMMAND_TIMEOUT),
             ..Options::default()
-        }));
-        for channel in channels {
-            pipe.publish::<(), _, _>(channel.as_str(), payload.clone())
-                .await?;
-            if expire > 0 {
-                pipe.set::<(), _, _>(
-                    channel.as_str(),
-                    payload.clone(),
-                    Some(Expiration::EX(expire)),
-                    None,
-                    false,
-                )
-                .await?;
-            }
-        }
+        });
+        let publishes = channels
+            .iter()
+            .map(|c| once.publish::<Value, _, _>(c.as_str(), payload.clone()));
+        let stores = channels.iter().filter(|_| expire > 0).map(|c| {
+            once.set::<Value, _, _>(
+                c.as_str(),
+                payload.clone(),
+                Some(Expiration::EX(expire)),
+                None,
+                false,
+            )
+        });
+        let (published, stored) = futures_util::future::join(
+            futures_util::future::join_all(publishes),
+            futures_util::future::join_all(stores),
+        )
+        .await;
         let mut receivers = 0u64;
-        for (i, result) in pipe.try_all::<Value>().await.into_iter().enumerate() {
-            let value = result?;
-            // Replies alternate PUBLISH (an integer), SET (OK) when persisting.
-            let is_publish = expire <= 0 || i % 2 == 0;
-            if is_publish && let Value::Integer(n) = value {
+        for value in published {
+            if let Value::Integer(n) = value? {
                 receivers += u64::try_from(n).unwrap_or(0);
             }
+        }
+        for value in stored {
+            value?;
         }
         Ok(receivers)
     }
