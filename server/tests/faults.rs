@@ -1,7 +1,8 @@
 //! Faults, bad input and attacks against the real binary (issue 7): login brute force is
 //! throttled per username and per client address through Redis; malformed HTTP, oversized
 //! request heads and clients that never finish their headers get a clear answer or are cut,
-//! are counted in the master's metrics, and the workers that saw them keep serving.
+//! are counted in the master's metrics, and the workers that saw them keep serving; websocket
+//! protocol abuse (unmasked frames, bad opcodes, reserved bits) closes only the abusive socket.
 
 mod common;
 
@@ -257,4 +258,108 @@ async fn bad_http_gets_a_clear_error_is_counted_and_the_workers_live() {
     assert_eq!(bad("malformed"), 12.0, "{text}");
     assert_eq!(bad("head_too_large"), 2.0, "{text}");
     assert_eq!(bad("header_timeout"), 1.0, "{text}");
+}
+
+/// Open a websocket by hand on a raw TCP stream (so the test can then send frames no client
+/// library would) and return the stream after the 101.
+async fn raw_websocket(addr: &str, path: &str) -> TcpStream {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut byte))
+            .await
+            .expect("handshake answer")
+            .unwrap();
+        assert_eq!(n, 1, "closed during the handshake: {head:?}");
+        head.push(byte[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"), "{head:?}");
+    s
+}
+
+/// What the server sends until it closes: the close code of its Close frame, if it sent one.
+async fn close_code(s: &mut TcpStream) -> Option<u16> {
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await;
+    // Skip whole frames (pings, heartbeats) until a Close (opcode 8) shows up.
+    let mut i = 0;
+    while i + 2 <= buf.len() {
+        let (op, len) = (buf[i] & 0x0f, usize::from(buf[i + 1] & 0x7f));
+        let (start, len) = match len {
+            126 if i + 4 <= buf.len() => (
+                i + 4,
+                usize::from(u16::from_be_bytes([buf[i + 2], buf[i + 3]])),
+            ),
+            126 | 127 => return None,
+            n => (i + 2, n),
+        };
+        if op == 8 {
+            return buf
+                .get(start..start + 2)
+                .map(|c| u16::from_be_bytes([c[0], c[1]]));
+        }
+        i = start + len;
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_protocol_abuse_is_closed_and_other_sockets_keep_receiving() {
+    let server = Server::start(&["--workers", "1"]);
+    let addr = server.base();
+    let pids = server.worker_pids();
+    let path = "/ws/abuse?subscribe-broadcast&publish-broadcast";
+    let (mut good, _) = tokio_tungstenite::connect_async(format!("ws://{addr}{path}"))
+        .await
+        .unwrap();
+
+    // An unmasked client frame, a reserved opcode, a continuation with nothing to continue,
+    // reserved bits set: each a protocol error (close 1002, or the connection is cut).
+    let abuse: [&[u8]; 4] = [
+        b"\x81\x05hello",
+        b"\x83\x80\x01\x02\x03\x04",
+        b"\x80\x80\x01\x02\x03\x04",
+        b"\xc1\x80\x01\x02\x03\x04",
+    ];
+    for frame in abuse {
+        let mut s = raw_websocket(&addr, path).await;
+        let _ = s.write_all(frame).await;
+        let code = close_code(&mut s).await;
+        assert!(
+            matches!(code, None | Some(1002)),
+            "{frame:?}: close {code:?}"
+        );
+    }
+
+    // The well-behaved socket on the same worker still receives what is published.
+    let redis = server.redis.as_ref().unwrap();
+    let subscribed = common::eventually(Duration::from_secs(10), || {
+        redis
+            .cli(&["pubsub", "numsub", "broadcast:abuse"])
+            .contains("\n1")
+    })
+    .await;
+    assert!(subscribed, "the good socket's channel is subscribed");
+    redis.cli(&["publish", "broadcast:abuse", "still here"]);
+    let got = loop {
+        match tokio::time::timeout(
+            Duration::from_secs(10),
+            futures_util::StreamExt::next(&mut good),
+        )
+        .await
+        {
+            Ok(Some(Ok(tokio_tungstenite::tungstenite::Message::Text(t)))) => break t.to_string(),
+            Ok(Some(Ok(_))) => continue,
+            other => panic!("the good socket got {other:?}"),
+        }
+    };
+    assert_eq!(got, "still here");
+    assert_eq!(health(&addr).await.unwrap()["status"], "ok");
+    assert_eq!(server.worker_pids(), pids, "the worker lives");
 }
