@@ -243,6 +243,12 @@ pub struct Config {
     #[arg(long, env = "WSREDIS_SEND_QUEUE", default_value_t = 1024)]
     pub send_queue: usize,
 
+    /// Seconds a client gets to send a request's headers before the connection is closed
+    /// (slow-loris guard).
+    #[arg(long, env = "WSREDIS_HEADER_TIMEOUT", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub header_timeout: u64,
+
     /// Most open connections per worker; further websocket upgrades get 503.
     #[arg(long, env = "WSREDIS_MAX_CONNECTIONS", default_value_t = 50_000)]
     pub max_connections: usize,
@@ -298,6 +304,21 @@ pub struct Config {
     /// Seconds a session lives without use.
     #[arg(long, env = "WSREDIS_SESSION_TTL", default_value_t = 1_209_600)]
     pub session_ttl: u64,
+
+    /// Failed logins of one username within --login-window before its logins are refused
+    /// (429, without checking the password) until the window ends; 0 = no limit.
+    #[arg(long, env = "WSREDIS_LOGIN_MAX_FAILURES", default_value_t = 5)]
+    pub login_max_failures: u64,
+
+    /// Failed logins from one client address (see --trusted-proxies) within --login-window
+    /// before its logins are refused; 0 = no limit.
+    #[arg(long, env = "WSREDIS_LOGIN_MAX_FAILURES_ADDRESS", default_value_t = 20)]
+    pub login_max_failures_address: u64,
+
+    /// Seconds, from the first failure, over which failed logins are counted.
+    #[arg(long, env = "WSREDIS_LOGIN_WINDOW", default_value_t = 300,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub login_window: u64,
 
     /// Proxies whose X-Forwarded-For / X-Forwarded-Proto are trusted (comma-separated IPs).
     #[arg(long, env = "WSREDIS_TRUSTED_PROXIES", value_delimiter = ',')]

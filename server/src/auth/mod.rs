@@ -7,6 +7,7 @@
 //! - [`session`]: the session record in Redis that pages and the websocket pool both read.
 //! - [`django`]: identity from an existing Django site's sessions and `auth_user`, for
 //!   `--session-backend django-redis|django-db`.
+//! - [`throttle`]: failed-login counters in Redis (brute-force throttling).
 //! - [`csrf`]: Django-style CSRF tokens and their check; [`cookie`]: `Cookie` parsing and
 //!   `Set-Cookie` builders; [`form`]: `application/x-www-form-urlencoded` bodies.
 //!
@@ -19,6 +20,7 @@ pub mod form;
 pub mod login;
 pub mod password;
 pub mod session;
+pub mod throttle;
 
 pub use login::{AuthError, authenticate, create_user, login};
 pub use session::{SessionError, SessionRecord, SessionStore};

@@ -209,7 +209,7 @@ pub fn render(pool: &str, slots: &Slots, master: &MasterStats, live: &[LiveWorke
         COUNTER,
         closed,
     ));
-    let plain: [(&str, &str, Field); 5] = [
+    let plain: [(&str, &str, Field); 7] = [
         (
             "client_messages_total",
             "Messages received from websocket clients.",
@@ -232,6 +232,16 @@ pub fn render(pool: &str, slots: &Slots, master: &MasterStats, live: &[LiveWorke
             "redis_reconnects_total",
             "Times a worker's Redis connection came back after a loss.",
             |s| &s.redis_reconnects,
+        ),
+        (
+            "login_failures_total",
+            "Failed logins (wrong username or password).",
+            |s| &s.login_failures,
+        ),
+        (
+            "login_throttled_total",
+            "Logins refused without a password check after too many failures.",
+            |s| &s.login_throttled,
         ),
     ];
     for (name, help, f) in plain {
@@ -260,6 +270,25 @@ pub fn render(pool: &str, slots: &Slots, master: &MasterStats, live: &[LiveWorke
                 sum(slots, |s| &s.dropped_lagged),
             ),
             counter(&[("reason", "overload")], sum(slots, |s| &s.overload)),
+        ],
+    ));
+    fams.push(family(
+        "http_bad_requests_total",
+        "Connections hyper ended for what the client sent, by reason (431, 400, header timeout).",
+        COUNTER,
+        vec![
+            counter(
+                &[("reason", "head_too_large")],
+                sum(slots, |s| &s.http_head_too_large),
+            ),
+            counter(
+                &[("reason", "malformed")],
+                sum(slots, |s| &s.http_malformed),
+            ),
+            counter(
+                &[("reason", "header_timeout")],
+                sum(slots, |s| &s.http_header_timeouts),
+            ),
         ],
     ));
     let up_workers = sum(slots, |s| &s.redis_up);

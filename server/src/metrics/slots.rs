@@ -106,6 +106,16 @@ pub struct Slot {
     pub fanout_latency: Hist,
     /// Requests refused because the worker was at its connection limit or draining.
     pub overload: AtomicU64,
+    /// Connections whose request head was too large (hyper answered 431).
+    pub http_head_too_large: AtomicU64,
+    /// Connections whose request head was malformed (hyper answered 400).
+    pub http_malformed: AtomicU64,
+    /// Connections closed because the request headers did not arrive within --header-timeout.
+    pub http_header_timeouts: AtomicU64,
+    /// Failed logins (wrong username or password).
+    pub login_failures: AtomicU64,
+    /// Logins refused without a password check because of too many failures.
+    pub login_throttled: AtomicU64,
 }
 
 impl Slot {

@@ -20,8 +20,9 @@ use super::net::Listener;
 use super::state::{App, Gauge};
 use crate::http;
 
-/// A client must send its request headers within this time (slow-loris guard).
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest request head (request line and headers) read; a larger one is answered 431 by
+/// hyper, as is one with more than hyper's 100 headers. A malformed head gets 400.
+const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// How long a worker holding more than its share of connections leaves accepting to others.
 const OVER_SHARE_PAUSE: Duration = Duration::from_millis(2);
 /// Pauses in a row after which the worker accepts anyway.
@@ -31,10 +32,13 @@ const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
 /// Serve `listener` until `shutdown` resolves, then drain.
 pub async fn serve(listener: Listener, app: Arc<App>, shutdown: impl Future<Output = ()>) {
+    // A client must send its request headers within --header-timeout (slow-loris guard).
+    let header_timeout = Duration::from_secs(app.config.header_timeout);
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .header_read_timeout(header_timeout)
+        .max_buf_size(MAX_HEAD_BYTES)
         .keep_alive(true);
     // hyper stops tracking a connection once it upgrades, and hyper-util's graceful helper
     // drops connections whose first bytes have not arrived yet; so connections are tracked
@@ -81,6 +85,7 @@ pub async fn serve(listener: Listener, app: Arc<App>, shutdown: impl Future<Outp
             .with_upgrades();
         let gauge = Gauge::enter(&app, |c| &c.http_open);
         let drain = app.shutdown.clone();
+        let app3 = app.clone();
         connections.spawn(async move {
             tokio::pin!(conn);
             let result = tokio::select! {
@@ -89,7 +94,7 @@ pub async fn serve(listener: Listener, app: Arc<App>, shutdown: impl Future<Outp
                     // hyper closes a connection whose first request has not arrived yet; a
                     // client that connected before the drain must still get its answer.
                     // (notify_one stores a permit, so a request already started counts.)
-                    let first = tokio::time::timeout(HEADER_READ_TIMEOUT, first_request.notified());
+                    let first = tokio::time::timeout(header_timeout, first_request.notified());
                     tokio::select! {
                         r = conn.as_mut() => r,
                         _ = first => {
@@ -100,6 +105,7 @@ pub async fn serve(listener: Listener, app: Arc<App>, shutdown: impl Future<Outp
                 }
             };
             if let Err(e) = result {
+                count_connection_error(&app3, &e);
                 tracing::debug!(error = %e, "connection ended with an error");
             }
             drop(gauge);
@@ -119,4 +125,21 @@ pub async fn serve(listener: Listener, app: Arc<App>, shutdown: impl Future<Outp
         Ok(()) => tracing::info!("drained"),
         Err(_) => tracing::warn!("graceful timeout passed with connections still open"),
     }
+}
+
+/// Count a connection that hyper ended because of what the client sent (or did not send):
+/// hyper has already answered 431 (head too large) or 400 (malformed), or closed the
+/// connection when the headers did not arrive in time.
+fn count_connection_error(app: &App, e: &hyper::Error) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let counter = if e.is_parse_too_large() {
+        &app.slot.http_head_too_large
+    } else if e.is_parse() || e.is_parse_status() {
+        &app.slot.http_malformed
+    } else if e.is_timeout() {
+        &app.slot.http_header_timeouts
+    } else {
+        return;
+    };
+    counter.fetch_add(1, Relaxed);
 }

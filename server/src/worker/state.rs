@@ -10,6 +10,7 @@ use tokio_util::task::TaskTracker;
 use super::control::ControlPipe;
 use crate::auth::django::{Django, DjangoError, SessionSource};
 use crate::auth::session::SessionStore;
+use crate::auth::throttle::{Limits, LoginThrottle};
 use crate::bus::{Bus, BusError};
 use crate::config::{Config, SessionBackend};
 use crate::metrics::{Slot, Slots};
@@ -67,6 +68,8 @@ pub struct App {
     pub ws_stats: Arc<Stats>,
     /// The web app's sessions, read to identify sockets.
     pub sessions_store: SessionStore,
+    /// Failed-login counters (shared with every worker through Redis).
+    pub login_throttle: LoginThrottle,
     /// Users and groups, for pages; connects lazily, so a database that is down at start-up
     /// costs 503 pages, not the worker (websockets do not need it).
     pub store: Store,
@@ -111,6 +114,14 @@ impl App {
             config.session_prefix.clone(),
             config.session_ttl,
         );
+        let login_throttle = LoginThrottle::new(
+            bus.commands().clone(),
+            Limits {
+                per_user: config.login_max_failures,
+                per_address: config.login_max_failures_address,
+                window_secs: config.login_window,
+            },
+        );
         let store = Store::connect_lazy(&config.database_url)?;
         let django = match config.session_backend {
             SessionBackend::Wsredis => None,
@@ -129,6 +140,7 @@ impl App {
             ws_settings: Arc::new(Settings::from_config(&config)),
             ws_stats: Arc::new(Stats::default()),
             sessions_store,
+            login_throttle,
             bus,
             id,
             config,

@@ -3,11 +3,15 @@
 //! Login always starts a new session (the old key, if any, is deleted: `auth::login`), sets
 //! the `sessionid` cookie and goes to `next` when it is a local path. A wrong username or
 //! password, an inactive user and an unusable password all get the same message, as in Django.
-//! Logout is a POST (a GET only shows the confirmation form, since GETs must not change state):
+//! Failed logins are counted per username and client address, and too many get 429 without a
+//! password check (`auth::throttle`). Logout is a POST (a GET only shows the confirmation form, since GETs must not change state):
 //! it deletes the session in Redis and removes the cookie.
+
+use std::sync::atomic::Ordering::Relaxed;
 
 use askama::Template;
 use http::StatusCode;
+use http::header::HeaderValue;
 
 use super::layout::render;
 use super::{Layout, PageError, PageRequest, Visitor, safe_next};
@@ -57,7 +61,8 @@ pub(super) fn login_page(
     )
 }
 
-/// POST: check the credentials, start a session, go to `next`.
+/// POST: check the credentials, start a session, go to `next`. A username or client address
+/// with too many recent failures (`auth::throttle`) gets 429 before any password check.
 pub(super) async fn login(
     app: &App,
     req: &PageRequest,
@@ -66,29 +71,52 @@ pub(super) async fn login(
     let username = req.form.text("username").trim();
     let password = req.form.text("password");
     let next = safe_next(req.form.get("next"), AFTER_LOGIN);
-    let outcome = if username.is_empty() || password.is_empty() {
-        None
-    } else {
-        auth::login(
-            &app.store,
-            &app.sessions_store,
-            v.key.as_deref(),
-            username,
-            password,
-        )
-        .await?
-    };
-    let Some((key, _record)) = outcome else {
-        return render(
-            StatusCode::OK,
+    let page = |status, error: &str| {
+        render(
+            status,
             &LoginPage {
                 layout: Layout::new(req, v, "Log in", ""),
-                error: Some(WRONG_CREDENTIALS),
+                error: Some(error),
                 username,
-                next,
+                next: next.clone(),
             },
-        );
+        )
     };
+    if username.is_empty() || password.is_empty() {
+        return page(StatusCode::OK, WRONG_CREDENTIALS);
+    }
+    if let Some(wait) = app.login_throttle.check(username, req.client_ip).await? {
+        app.slot.login_throttled.fetch_add(1, Relaxed);
+        tracing::warn!(user = %username, client = ?req.client_ip, retry_after = wait,
+            "login throttled: too many failed attempts");
+        let mut resp = page(
+            StatusCode::TOO_MANY_REQUESTS,
+            &format!("Too many failed login attempts. Please try again in {wait} s."),
+        )?;
+        resp.headers_mut()
+            .insert(http::header::RETRY_AFTER, HeaderValue::from(wait));
+        return Ok(resp);
+    }
+    let outcome = auth::login(
+        &app.store,
+        &app.sessions_store,
+        v.key.as_deref(),
+        username,
+        password,
+    )
+    .await?;
+    let Some((key, _record)) = outcome else {
+        app.slot.login_failures.fetch_add(1, Relaxed);
+        tracing::info!(user = %username, client = ?req.client_ip, "login failed");
+        // Best effort: the visitor still gets "wrong password" if Redis cannot count it.
+        if let Err(e) = app.login_throttle.failed(username, req.client_ip).await {
+            tracing::warn!(error = %e, "cannot count a failed login");
+        }
+        return page(StatusCode::OK, WRONG_CREDENTIALS);
+    };
+    if let Err(e) = app.login_throttle.succeeded(username).await {
+        tracing::warn!(error = %e, "cannot reset the failed-login count");
+    }
     tracing::info!(user = %username, "logged in");
     let mut resp = response::redirect(&next);
     response::set_cookie(

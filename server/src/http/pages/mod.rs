@@ -129,6 +129,8 @@ pub struct PageRequest {
     pub form: Form,
     /// Whether the browser reached us over HTTPS (cookies get `Secure`).
     pub https: bool,
+    /// The client's address (`http::forwarded::client_ip`), for login throttling.
+    pub client_ip: Option<std::net::IpAddr>,
 }
 
 impl PageRequest {
@@ -213,13 +215,19 @@ pub fn is_admin(path: &str) -> bool {
 /// Answer a page request (see the module header for what holds for every page).
 pub async fn handle(app: &Arc<App>, req: Request<Incoming>, peer: Peer) -> Response {
     let https = served_over_https(app, req.headers(), &peer);
-    match serve(app, req, https).await {
+    let client_ip = super::forwarded::client_ip(req.headers(), peer, &app.config);
+    match serve(app, req, https, client_ip).await {
         Ok(r) => r,
         Err(e) => response::page_error(&e),
     }
 }
 
-async fn serve(app: &Arc<App>, req: Request<Incoming>, https: bool) -> Result<Response, PageError> {
+async fn serve(
+    app: &Arc<App>,
+    req: Request<Incoming>,
+    https: bool,
+    client_ip: Option<std::net::IpAddr>,
+) -> Result<Response, PageError> {
     let (parts, body) = req.into_parts();
     let form = if parts.method == Method::POST {
         read_form(&parts.headers, body).await?
@@ -232,6 +240,7 @@ async fn serve(app: &Arc<App>, req: Request<Incoming>, https: bool) -> Result<Re
         query: parts.uri.query().unwrap_or_default().to_owned(),
         form,
         https,
+        client_ip,
     };
     if req.path == "/admin" {
         return Ok(response::redirect("/admin/"));
