@@ -582,3 +582,61 @@ async fn client_pings_never_hold_up_delivery() {
     let want: Vec<String> = (0..50).map(|i| i.to_string()).collect();
     assert_eq!(texts, want, "every message, in order, between the pongs");
 }
+
+#[tokio::test]
+async fn redis_through_sentinel() {
+    let master = RedisServer::start();
+    let dir = std::env::temp_dir().join(format!("wsredis-sentinel-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let port = common::free_port();
+    let conf = dir.join("sentinel.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "port {port}\nbind 127.0.0.1\ndir {}\nsentinel monitor mymaster 127.0.0.1 {} 1\n",
+            dir.display(),
+            master.port
+        ),
+    )
+    .unwrap();
+    let mut sentinel = Command::new("redis-server")
+        .arg(&conf)
+        .arg("--sentinel")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let asks = || {
+        let out = Command::new("redis-cli")
+            .args([
+                "-p",
+                &port.to_string(),
+                "SENTINEL",
+                "get-master-addr-by-name",
+                "mymaster",
+            ])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        out.contains(&master.port.to_string())
+    };
+    assert!(
+        eventually(Duration::from_secs(10), asks).await,
+        "sentinel did not start"
+    );
+    let url = format!("redis-sentinel://127.0.0.1:{port}/0?sentinelServiceName=mymaster");
+    let server = Server::start(&["--workers", "1", "--redis-url", &url]);
+    let mut ws = connect(&server.base(), "/ws/s?subscribe-broadcast", None)
+        .await
+        .unwrap();
+    assert!(
+        eventually(Duration::from_secs(5), || numsub(&master, "broadcast:s")
+            == 1)
+        .await
+    );
+    master.cli(&["PUBLISH", "broadcast:s", "via sentinel"]);
+    assert_eq!(next_text(&mut ws).await.as_deref(), Some("via sentinel"));
+    drop(server);
+    let _ = sentinel.kill();
+    let _ = sentinel.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+}
