@@ -10,6 +10,7 @@
 //! (`scripts/ensure-deps.sh chromium`). Without them this test fails, saying so.
 
 mod common;
+mod deploy;
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -186,7 +187,7 @@ async fn chat_in_two_browsers() {
     let driver = Driver::start();
     let admin = driver.browser("admin").await;
     let erin = driver.browser("erin").await;
-    let result = scenario(&server, &base, &admin, &erin).await;
+    let result = scenario(Some(&server), &base, &admin, &erin).await;
     let _ = admin.close().await;
     let _ = erin.close().await;
     if let Err(e) = result {
@@ -194,8 +195,9 @@ async fn chat_in_two_browsers() {
     }
 }
 
+/// The users' flow; with `server`, also a rolling reload of its workers at the end.
 async fn scenario(
-    server: &common::server::Server,
+    server: Option<&common::server::Server>,
     base: &str,
     admin: &Client,
     erin: &Client,
@@ -270,6 +272,9 @@ async fn scenario(
     screenshot(erin, "userchat-erin").await;
 
     // A rolling reload closes every socket (1001); the pages reconnect to the new workers.
+    let Some(server) = server else {
+        return Ok(());
+    };
     let old = server.worker_pids();
     server.signal(nix::sys::signal::Signal::SIGHUP);
     let replaced = common::eventually(Duration::from_secs(30), || {
@@ -286,6 +291,51 @@ async fn scenario(
     }
     connected(erin).await;
     Ok(())
+}
+
+/// The same flow through `make run-behind-nginx`'s stack: nginx in front, pages from the HTTP
+/// pool, websockets from the websocket pool, sessions shared through Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_in_two_browsers_behind_nginx() {
+    if !deploy::have("nginx", "the stack needs nginx") {
+        return;
+    }
+    let var = deploy::TempDir::new("browser-nginx");
+    let addr = format!("127.0.0.1:{}", common::free_port());
+    let log = var.join("script.log");
+    let mut cmd = Command::new(deploy::repo().join("scripts/run-behind-nginx.sh"));
+    cmd.env("VAR", &var.0)
+        .env("WSREDIS_BIN", common::server::binary())
+        .env("RUN_REDIS", "private")
+        .env("NGINX_LISTEN", &addr)
+        .env("HTTP_METRICS_BIND", "off")
+        .env("WS_METRICS_BIND", "off")
+        .env("HTTP_WORKERS", "2")
+        .env("WS_WORKERS", "2")
+        .env("WSREDIS_HEARTBEAT", "--heartbeat--")
+        .env_remove("WSREDIS_REDIS_URL")
+        .env_remove("WSREDIS_DATABASE_URL")
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap());
+    let stack = deploy::Group::spawn(cmd);
+    let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        common::wait_until(Duration::from_secs(60), || log_text().contains("ready:")),
+        "stack did not come up:\n{}",
+        log_text()
+    );
+    let base = format!("http://{addr}");
+    let driver = Driver::start();
+    let admin = driver.browser("nginx-admin").await;
+    let erin = driver.browser("nginx-erin").await;
+    let result = scenario(None, &base, &admin, &erin).await;
+    let _ = admin.close().await;
+    let _ = erin.close().await;
+    drop(stack);
+    if let Err(e) = result {
+        panic!("{e}\nstack log:\n{}", log_text());
+    }
 }
 
 /// The JS client on its own, in the browser, against a fake `WebSocket`: heartbeats are not
