@@ -185,20 +185,7 @@ mod tests {
             "subscribe-broadcast&publish-broadcast&subscribe-user&publish-user&\
              subscribe-group&publish-group&subscribe-session&publish-session&echo",
         );
-        assert_eq!(
-            f,
-            Flags {
-                subscribe_broadcast: true,
-                publish_broadcast: true,
-                subscribe_user: true,
-                publish_user: true,
-                subscribe_group: true,
-                publish_group: true,
-                subscribe_session: true,
-                publish_session: true,
-                echo: true,
-            }
-        );
+        assert_eq!(f, Flags::ALL);
         assert_eq!(
             f.subscribe(),
             Audiences {
