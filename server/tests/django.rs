@@ -14,13 +14,9 @@ use std::time::Duration;
 
 use common::RedisServer;
 use common::server::Server;
-use futures_util::{SinkExt, StreamExt};
-use tokio::net::TcpStream;
+use common::ws::{connect, next_text, silent};
+use futures_util::SinkExt;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
-
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 const SECRET: &str = "django-insecure-test-key-7f3a9c2e1b";
 /// The ws4redis prefix, given to both sides under its Django name `WS4REDIS_PREFIX`.
@@ -154,54 +150,10 @@ impl Drop for Site {
     }
 }
 
-async fn connect(server: &Server, path: &str, cookie: Option<&str>) -> Result<Ws, String> {
-    let mut req = format!("ws://{}{path}", server.base())
-        .into_client_request()
-        .unwrap();
-    if let Some(c) = cookie {
-        req.headers_mut()
-            .insert("cookie", format!("sessionid={c}").parse().unwrap());
-    }
-    tokio_tungstenite::connect_async(req)
-        .await
-        .map(|(ws, _)| ws)
-        .map_err(|e| e.to_string())
-}
-
-/// The next text message; None after 3 s of silence.
-async fn next_text(ws: &mut Ws) -> Option<String> {
-    loop {
-        match tokio::time::timeout(Duration::from_secs(3), ws.next()).await {
-            Ok(Some(Ok(Message::Text(t)))) => return Some(t.to_string()),
-            Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,
-            _ => return None,
-        }
-    }
-}
-
-/// Nothing arrives within a second.
-async fn silent(ws: &mut Ws) -> bool {
-    loop {
-        match tokio::time::timeout(Duration::from_secs(1), ws.next()).await {
-            Err(_) => return true,
-            Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,
-            Ok(_) => return false,
-        }
-    }
-}
-
-fn numsub(redis: &RedisServer, channel: &str) -> u64 {
-    let out = redis.cli(&["PUBSUB", "NUMSUB", channel]);
-    out.lines()
-        .nth(1)
-        .and_then(|l| l.trim().parse().ok())
-        .unwrap_or(0)
-}
-
 /// Wait until `channel` has a subscriber, so a publish is not lost before the socket listens.
 async fn subscribed(redis: &RedisServer, channel: &str) {
     assert!(
-        common::eventually(Duration::from_secs(5), || numsub(redis, channel) > 0).await,
+        common::eventually(Duration::from_secs(5), || redis.numsub(channel) > 0).await,
         "nobody subscribed to {channel}"
     );
 }
@@ -216,13 +168,13 @@ async fn users_groups_sessions_and_fetch(engine: &'static str) {
     let john = site.login("john");
 
     let mut m = connect(
-        &server,
+        &server.base(),
         "/ws/chat?subscribe-user&subscribe-group&subscribe-session&publish-user&echo",
         Some(&mary),
     )
     .await
     .unwrap();
-    let mut j = connect(&server, "/ws/chat?subscribe-user", Some(&john))
+    let mut j = connect(&server.base(), "/ws/chat?subscribe-user", Some(&john))
         .await
         .unwrap();
     subscribed(&redis, "ws4redis:user:mary:chat").await;
@@ -231,12 +183,15 @@ async fn users_groups_sessions_and_fetch(engine: &'static str) {
     // RedisPublisher(facility="chat", users=["mary"]): mary's socket only.
     site.publish("chat", "-u", "mary", "hello mary");
     assert_eq!(next_text(&mut m).await.as_deref(), Some("hello mary"));
-    assert!(silent(&mut j).await, "john got mary's message");
+    assert!(
+        silent(&mut j, Duration::from_secs(1)).await,
+        "john got mary's message"
+    );
 
     // groups follow ws4redis:memberof (mary is in chatusers, john in none).
     site.publish("chat", "-g", "chatusers", "hello chatusers");
     assert_eq!(next_text(&mut m).await.as_deref(), Some("hello chatusers"));
-    assert!(silent(&mut j).await);
+    assert!(silent(&mut j, Duration::from_secs(1)).await);
 
     // sessions follow the session key.
     site.publish("chat", "-s", &mary, "hello session");
@@ -259,13 +214,13 @@ async fn users_groups_sessions_and_fetch(engine: &'static str) {
 
     // No cookie, or a made-up one: anonymous, so user channels are refused.
     assert!(
-        connect(&server, "/ws/chat?subscribe-user", None)
+        connect(&server.base(), "/ws/chat?subscribe-user", None)
             .await
             .is_err()
     );
     let forged = "abcdefghijklmnopqrstuvwxyz012345";
     assert!(
-        connect(&server, "/ws/chat?subscribe-user", Some(forged))
+        connect(&server.base(), "/ws/chat?subscribe-user", Some(forged))
             .await
             .is_err()
     );
@@ -290,7 +245,7 @@ async fn foreign_key_and_expired_sessions_are_anonymous() {
 
     // Signed with another SECRET_KEY (the session row exists and is current).
     let foreign = site.manage_with_key("another-secret-key", &["wsfixture", "login", "john"]);
-    let err = connect(&server, "/ws/chat?subscribe-user", Some(&foreign))
+    let err = connect(&server.base(), "/ws/chat?subscribe-user", Some(&foreign))
         .await
         .unwrap_err();
     assert!(err.contains("403"), "{err}");
@@ -298,12 +253,12 @@ async fn foreign_key_and_expired_sessions_are_anonymous() {
     // Expired: set_expiry(1), then past expire_date.
     let short = site.manage(&["wsfixture", "login", "john", "--expiry", "1"]);
     assert!(
-        connect(&server, "/ws/chat?subscribe-user", Some(&short))
+        connect(&server.base(), "/ws/chat?subscribe-user", Some(&short))
             .await
             .is_ok()
     );
     tokio::time::sleep(Duration::from_millis(2100)).await;
-    let err = connect(&server, "/ws/chat?subscribe-user", Some(&short))
+    let err = connect(&server.base(), "/ws/chat?subscribe-user", Some(&short))
         .await
         .unwrap_err();
     assert!(err.contains("403"), "{err}");
@@ -329,7 +284,7 @@ async fn tokens_and_allow_lists() {
     // A token minted by Django (signing.dumps) stands in for the cookie.
     let token = site.manage(&["wsfixture", "token", "mary"]);
     let mut t = connect(
-        &server,
+        &server.base(),
         &format!("/ws/chat?subscribe-user&subscribe-group&token={token}"),
         None,
     )
@@ -337,7 +292,7 @@ async fn tokens_and_allow_lists() {
     .unwrap();
     subscribed(&redis, "ws4redis:user:mary:chat").await;
     // subscribe-group is not allowed for plain users: dropped silently, not refused.
-    assert_eq!(numsub(&redis, "ws4redis:group:chatusers:chat"), 0);
+    assert_eq!(redis.numsub("ws4redis:group:chatusers:chat"), 0);
     site.publish("chat", "-u", "mary", "by token");
     assert_eq!(next_text(&mut t).await.as_deref(), Some("by token"));
 
@@ -345,20 +300,20 @@ async fn tokens_and_allow_lists() {
     // so the socket opens with no user channel.
     let foreign = site.manage_with_key("another-secret-key", &["wsfixture", "token", "mary"]);
     let mut anon = connect(
-        &server,
+        &server.base(),
         &format!("/ws/chat?subscribe-user&token={foreign}"),
         None,
     )
     .await
     .unwrap();
     site.publish("chat", "-u", "mary", "not for the forger");
-    assert!(silent(&mut anon).await);
-    assert_eq!(numsub(&redis, "ws4redis:user:mary:chat"), 1);
+    assert!(silent(&mut anon, Duration::from_secs(1)).await);
+    assert_eq!(redis.numsub("ws4redis:user:mary:chat"), 1);
 
     // Staff may do everything.
     let boss = site.login("boss");
     let _b = connect(
-        &server,
+        &server.base(),
         "/ws/chat?subscribe-group&subscribe-user",
         Some(&boss),
     )

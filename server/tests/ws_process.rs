@@ -9,50 +9,13 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::server::{Server, binary, request_with};
+use common::ws::{connect, next_text, silent};
 use common::{RedisServer, eventually};
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
-
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 const TOKEN: &str = "test-token-0123456789abcdef";
-
-async fn connect(base: &str, path: &str, cookie: Option<&str>) -> Result<Ws, String> {
-    let mut req = format!("ws://{base}{path}").into_client_request().unwrap();
-    if let Some(c) = cookie {
-        req.headers_mut()
-            .insert("cookie", format!("sessionid={c}").parse().unwrap());
-    }
-    tokio_tungstenite::connect_async(req)
-        .await
-        .map(|(ws, _)| ws)
-        .map_err(|e| e.to_string())
-}
-
-/// The next text message, skipping nothing; None after 3 s of silence.
-async fn next_text(ws: &mut Ws) -> Option<String> {
-    loop {
-        match tokio::time::timeout(Duration::from_secs(3), ws.next()).await {
-            Ok(Some(Ok(Message::Text(t)))) => return Some(t.to_string()),
-            Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,
-            _ => return None,
-        }
-    }
-}
-
-/// Nothing arrives within `d`.
-async fn silent(ws: &mut Ws, d: Duration) -> bool {
-    loop {
-        match tokio::time::timeout(d, ws.next()).await {
-            Err(_) => return true,
-            Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,
-            Ok(_) => return false,
-        }
-    }
-}
 
 /// Store a web-app session record for `user` and return its key.
 fn session(redis: &RedisServer, key: &str, user: &str, groups: &[&str]) -> String {
@@ -69,14 +32,6 @@ fn session(redis: &RedisServer, key: &str, user: &str, groups: &[&str]) -> Strin
     ]);
     assert_eq!(out.trim(), "OK");
     key.to_owned()
-}
-
-fn numsub(redis: &RedisServer, channel: &str) -> u64 {
-    let out = redis.cli(&["PUBSUB", "NUMSUB", channel]);
-    out.lines()
-        .nth(1)
-        .and_then(|l| l.trim().parse().ok())
-        .unwrap_or(0)
 }
 
 async fn publish_api(server: &Server, body: serde_json::Value) -> common::server::Reply {
@@ -102,18 +57,18 @@ async fn one_publish_reaches_sockets_on_every_worker() {
     // worker accepts first, so connect in concurrent batches until two workers hold sockets.
     let mut sockets = Vec::new();
     let base = server.base();
-    while numsub(redis, "broadcast:foo") < 2 {
+    while redis.numsub("broadcast:foo") < 2 {
         assert!(sockets.len() < 800, "800 sockets all landed on one worker");
         let batch = (0..20).map(|_| connect(&base, "/ws/foo?subscribe-broadcast", None));
         for ws in futures_util::future::join_all(batch).await {
             sockets.push(ws.unwrap());
         }
         let _ = eventually(Duration::from_millis(200), || {
-            numsub(redis, "broadcast:foo") >= 2
+            redis.numsub("broadcast:foo") >= 2
         })
         .await;
     }
-    let workers = numsub(redis, "broadcast:foo");
+    let workers = redis.numsub("broadcast:foo");
     println!("{} sockets spread over {workers} workers", sockets.len());
 
     // The ws4redis wire format from outside: any Redis client can publish.
@@ -176,7 +131,7 @@ async fn users_hear_only_their_own_channels() {
     let mut j = connect(&server.base(), path, Some(&john)).await.unwrap();
     let mut m = connect(&server.base(), path, Some(&mary)).await.unwrap();
     assert!(
-        eventually(Duration::from_secs(5), || numsub(redis, "user:mary:chat")
+        eventually(Duration::from_secs(5), || redis.numsub("user:mary:chat")
             == 1)
         .await
     );
@@ -325,11 +280,11 @@ async fn sockets_survive_a_redis_restart_and_publishes_fail_clearly_meanwhile() 
     }
     let redis = server.redis.as_mut().unwrap();
     assert!(
-        eventually(Duration::from_secs(5), || numsub(redis, "broadcast:news")
+        eventually(Duration::from_secs(5), || redis.numsub("broadcast:news")
             >= 1)
         .await
     );
-    let subscribed = numsub(redis, "broadcast:news");
+    let subscribed = redis.numsub("broadcast:news");
     redis.stop();
     let status = |s: &Server| {
         let h = s.base();
@@ -356,7 +311,7 @@ async fn sockets_survive_a_redis_restart_and_publishes_fail_clearly_meanwhile() 
     let redis = server.redis.as_ref().unwrap();
     // Every worker that holds sockets has resubscribed.
     assert!(
-        eventually(Duration::from_secs(15), || numsub(redis, "broadcast:news")
+        eventually(Duration::from_secs(15), || redis.numsub("broadcast:news")
             == subscribed)
         .await
     );
@@ -421,7 +376,7 @@ async fn a_thousand_sockets_share_one_subscriber_connection() {
         sockets.push(connect(&server.base(), &path, None).await.unwrap());
     }
     assert!(
-        eventually(Duration::from_secs(10), || numsub(redis, "broadcast:room9")
+        eventually(Duration::from_secs(10), || redis.numsub("broadcast:room9")
             == 1)
         .await
     );
@@ -559,7 +514,7 @@ async fn client_pings_never_hold_up_delivery() {
     let mut ws = connect(&server.base(), "/ws/p?subscribe-broadcast", None)
         .await
         .unwrap();
-    assert!(eventually(Duration::from_secs(5), || numsub(redis, "broadcast:p") == 1).await);
+    assert!(eventually(Duration::from_secs(5), || redis.numsub("broadcast:p") == 1).await);
     let (mut pongs, mut texts) = (0, Vec::new());
     for i in 0..50 {
         for _ in 0..20 {
@@ -628,11 +583,7 @@ async fn redis_through_sentinel() {
     let mut ws = connect(&server.base(), "/ws/s?subscribe-broadcast", None)
         .await
         .unwrap();
-    assert!(
-        eventually(Duration::from_secs(5), || numsub(&master, "broadcast:s")
-            == 1)
-        .await
-    );
+    assert!(eventually(Duration::from_secs(5), || master.numsub("broadcast:s") == 1).await);
     master.cli(&["PUBLISH", "broadcast:s", "via sentinel"]);
     assert_eq!(next_text(&mut ws).await.as_deref(), Some("via sentinel"));
     drop(server);

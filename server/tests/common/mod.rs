@@ -98,6 +98,15 @@ impl RedisServer {
         );
     }
 
+    /// Subscribers of `channel` (`PUBSUB NUMSUB`): one per worker or host that listens.
+    pub fn numsub(&self, channel: &str) -> u64 {
+        let out = self.cli(&["PUBSUB", "NUMSUB", channel]);
+        out.lines()
+            .nth(1)
+            .and_then(|l| l.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
     /// Run `redis-cli -p PORT ARGS...` and return its stdout.
     pub fn cli(&self, args: &[&str]) -> String {
         let out = Command::new("redis-cli")
@@ -128,6 +137,7 @@ fn rand_suffix() -> u64 {
 }
 pub mod server;
 pub mod web;
+pub mod ws;
 
 /// Async [`wait_until`]: polls `cond` every 10 ms without blocking the test's runtime.
 pub async fn eventually(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
