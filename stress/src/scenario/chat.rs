@@ -8,13 +8,13 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use super::{Shared, connect_many, nonce, receive, warm_up};
+use super::{Shared, connect_many, finish, nonce, receive, warm_up};
 use crate::body::{self, Stamp};
 use crate::cli::Chat;
 use crate::env::Env;
 use crate::procfs;
 use crate::publish::{self, Audience, Mode, Publisher};
-use crate::report::{Percentiles, Report};
+use crate::report::Report;
 use crate::tracker::Tracker;
 
 /// The chat facility.
@@ -161,22 +161,15 @@ pub async fn run(a: &Chat, env: &Env) -> Report {
         report.server_memory = procfs::memory(pid);
     }
     tasks.abort_all();
-    let sum = tracker.summary();
-    report.published = seq;
-    report.expected = seq;
-    report.delivered = sum.delivered;
-    report.lost = seq.saturating_sub(sum.delivered);
-    report.disorder = sum.disorder;
-    report.seconds = sum.last_recv_ns.saturating_sub(first_ns) as f64 / 1e9;
-    if report.seconds > 0.0 {
-        report.deliveries_per_sec = sum.delivered as f64 / report.seconds;
-    }
-    report.total_seconds = start.elapsed().as_secs_f64();
-    report.latency_ms = Percentiles::from_us(&sum.all);
-    report.last_delivery_ms = Percentiles::from_us(&sum.last);
-    let (closed, errors) = shared.closes.take();
-    report.closed = closed;
-    report.errors.extend(errors);
+    finish(
+        &mut report,
+        &tracker.summary(),
+        seq,
+        seq,
+        first_ns,
+        start,
+        &shared,
+    );
     report
 }
 

@@ -7,13 +7,13 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use super::{Shared, connect_many, nonce, receive, warm_up};
+use super::{Shared, connect_many, finish, nonce, receive, warm_up};
 use crate::body::{self, Stamp};
 use crate::cli::{Common, Fanout};
 use crate::env::Env;
 use crate::procfs;
 use crate::publish::{Audience, Mode, Publisher};
-use crate::report::{Percentiles, Report};
+use crate::report::Report;
 use crate::tracker::{RING, Tracker};
 
 /// How long deliveries may trail the last publish before the rest counts as lost.
@@ -213,21 +213,14 @@ pub async fn run(scenario: &str, c: &Common, plan: &Plan, env: &Env, mode: Mode)
     tasks.abort_all();
     drop(publisher);
 
-    let sum = tracker.summary();
-    report.published = seq;
-    report.expected = seq * plan.subscribers as u64;
-    report.delivered = sum.delivered;
-    report.lost = report.expected.saturating_sub(sum.delivered);
-    report.disorder = sum.disorder;
-    report.seconds = sum.last_recv_ns.saturating_sub(first_ns) as f64 / 1e9;
-    if report.seconds > 0.0 {
-        report.deliveries_per_sec = sum.delivered as f64 / report.seconds;
-    }
-    report.total_seconds = start.elapsed().as_secs_f64();
-    report.latency_ms = Percentiles::from_us(&sum.all);
-    report.last_delivery_ms = Percentiles::from_us(&sum.last);
-    let (closed, errors) = shared.closes.take();
-    report.closed = closed;
-    report.errors.extend(errors);
+    finish(
+        &mut report,
+        &tracker.summary(),
+        seq,
+        seq * plan.subscribers as u64,
+        first_ns,
+        start,
+        &shared,
+    );
     report
 }

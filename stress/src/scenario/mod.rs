@@ -23,8 +23,8 @@ use crate::body;
 use crate::client::{ClientError, Conn, Message};
 use crate::env::Env;
 use crate::publish::{Audience, PublishError, Publisher, Targets};
-use crate::report::{Connect, Percentiles};
-use crate::tracker::{Receiver, Tracker};
+use crate::report::{Connect, Percentiles, Report};
+use crate::tracker::{Receiver, Summary, Tracker};
 
 /// A progress bar on stderr (hidden with `quiet` or when stderr is not a terminal).
 pub fn bar(quiet: bool, len: u64, what: &str) -> ProgressBar {
@@ -160,6 +160,35 @@ pub struct Shared {
     pub closes: Closes,
     /// Rounds of warm-up markers published.
     pub warm_publishes: AtomicU64,
+}
+
+/// Fill `report` with what the receivers measured: `published` messages and `expected`
+/// deliveries, rates and latencies from `first_ns` (the first send) to the last receipt, the
+/// run's wall time since `start`, and how sockets ended.
+pub fn finish(
+    report: &mut Report,
+    sum: &Summary,
+    published: u64,
+    expected: u64,
+    first_ns: u64,
+    start: Instant,
+    shared: &Shared,
+) {
+    report.published = published;
+    report.expected = expected;
+    report.delivered = sum.delivered;
+    report.lost = expected.saturating_sub(sum.delivered);
+    report.disorder = sum.disorder;
+    report.seconds = sum.last_recv_ns.saturating_sub(first_ns) as f64 / 1e9;
+    if report.seconds > 0.0 {
+        report.deliveries_per_sec = sum.delivered as f64 / report.seconds;
+    }
+    report.total_seconds = start.elapsed().as_secs_f64();
+    report.latency_ms = Percentiles::from_us(&sum.all);
+    report.last_delivery_ms = Percentiles::from_us(&sum.last);
+    let (closed, errors) = shared.closes.take();
+    report.closed = closed;
+    report.errors.extend(errors);
 }
 
 /// One socket's receiving loop: measured bodies go to the tracker, the first warm-up marker
