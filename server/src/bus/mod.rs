@@ -15,8 +15,10 @@
 //!   instead of queueing behind a reconnect.
 
 pub mod channels;
+pub mod history;
 mod payload;
 mod registry;
+mod scripts;
 mod tasks;
 
 use std::sync::Arc;
@@ -31,6 +33,7 @@ use fred::types::config::Options;
 use fred::types::config::{Config as RedisConfig, ReconnectPolicy};
 use fred::types::{Builder, Expiration, Value};
 
+pub use history::{HistoryRead, HistoryRule, Position, Retention};
 pub use payload::Payload;
 pub use registry::{BusStats, Delivery, Overflowed, Subscription};
 
@@ -100,6 +103,16 @@ fn check_scheme(url: &str) -> Result<(), BusError> {
     }
 }
 
+/// Options of a publish: never queued behind a reconnect nor retried.
+fn single_attempt() -> Options {
+    Options {
+        fail_fast: true,
+        max_attempts: Some(1),
+        timeout: Some(COMMAND_TIMEOUT),
+        ..Options::default()
+    }
+}
+
 /// A worker's connection to Redis. Cheap to clone; all clones share the two connections.
 #[derive(Clone)]
 pub struct Bus {
@@ -110,6 +123,7 @@ struct Inner {
     commands: Client,
     subscriber: SubscriberClient,
     registry: Arc<Registry>,
+    scripts: scripts::Scripts,
 }
 
 impl std::fmt::Debug for Bus {
@@ -191,6 +205,7 @@ impl Bus {
                 commands,
                 subscriber,
                 registry,
+                scripts: scripts::Scripts::default(),
             }),
         })
     }
@@ -198,7 +213,13 @@ impl Bus {
     /// Listen to `channels` (duplicates ignored); each message is queued for this subscriber
     /// (bounded by `send_queue`). Dropping the subscription releases the interest.
     pub fn subscribe(&self, channels: &[String]) -> Subscription {
-        self.inner.registry.subscribe(channels)
+        self.inner.registry.subscribe(channels, &[])
+    }
+
+    /// [`Bus::subscribe`], naming each channel's audience label (`broadcast`, `user:U`, …, in
+    /// the same order as `channels`) for the envelope frames shared by its deliveries.
+    pub fn subscribe_labeled(&self, channels: &[String], labels: &[String]) -> Subscription {
+        self.inner.registry.subscribe(channels, labels)
     }
 
     /// PUBLISH `payload` to each channel and, when `expire_secs > 0`, `SET channel payload EX
@@ -222,12 +243,7 @@ impl Bus {
         // must not reach anyone later (fred would otherwise replay it once Redis is back).
         // Options apply per command, so the commands are issued one by one but concurrently:
         // fred pipelines concurrent commands on its one connection, in the order given.
-        let once = self.inner.commands.with_options(&Options {
-            fail_fast: true,
-            max_attempts: Some(1),
-            timeout: Some(COMMAND_TIMEOUT),
-            ..Options::default()
-        });
+        let once = self.inner.commands.with_options(&single_attempt());
         let publishes = channels
             .iter()
             .map(|c| once.publish::<Value, _, _>(c.as_str(), payload.clone()));

@@ -245,6 +245,8 @@ impl Host {
             echo,
             settings: self.settings.clone(),
             stats: self.stats.clone(),
+            history: None,
+            envelope: None,
         };
         wsredis::ws::run(ws, ctx, self.shutdown.clone()).await;
     }
