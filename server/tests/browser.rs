@@ -182,7 +182,13 @@ async fn screenshot(client: &Client, name: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chat_in_two_browsers() {
     let db = Database::with_fixtures();
-    let server = db.serve(&["--workers", "3", "--heartbeat=--heartbeat--"]);
+    let server = db.serve(&[
+        "--workers",
+        "3",
+        "--heartbeat=--heartbeat--",
+        "--history",
+        "chat=100:600",
+    ]);
     let base = format!("http://{}", server.base());
     let driver = Driver::start();
     let admin = driver.browser("admin").await;
@@ -277,6 +283,25 @@ async fn scenario(
     };
     let old = server.worker_pids();
     server.signal(nix::sys::signal::Signal::SIGHUP);
+    // Published to erin (on /userchat/) while the pages lose their sockets: recovered from the
+    // history on reconnect (or delivered live), shown exactly once either way.
+    let redis_url = server.redis.as_ref().map(|r| r.url()).unwrap_or_default();
+    let bus = wsredis::bus::Bus::connect_url(&redis_url, 4)
+        .await
+        .map_err(|e| e.to_string())?;
+    let history = Some(wsredis::bus::Retention {
+        size: 100,
+        ttl_secs: 600,
+    });
+    bus.publish_with(
+        &["user:erin:chat".to_owned()],
+        "server: during the reload".into(),
+        3600,
+        history,
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    bus.quit().await;
     let replaced = common::eventually(Duration::from_secs(30), || {
         let now = server.worker_pids();
         now.len() == old.len() && now.iter().all(|p| !old.contains(p))
@@ -290,6 +315,18 @@ async fn scenario(
         return Err("erin's page did not reconnect after the reload".into());
     }
     connected(erin).await;
+    let board = erin
+        .find(Locator::Css("#billboard"))
+        .await
+        .map_err(|e| e.to_string())?
+        .text()
+        .await
+        .map_err(|e| e.to_string())?;
+    if board.matches("server: during the reload").count() != 1 {
+        return Err(format!(
+            "the message published during the reload is not shown exactly once: {board}"
+        ));
+    }
     Ok(())
 }
 

@@ -403,3 +403,47 @@ async fn one_publishers_order_holds_on_every_worker_and_plain_clients_see_ws4red
     );
     bus.quit().await;
 }
+
+/// The cost of history, printed (no timing assertion): sequential publishes through the bus
+/// with and without it. Also checks the trimming: the stream keeps `size` entries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_cost_with_and_without_history() {
+    const N: u32 = 2_000;
+    let redis = RedisServer::start();
+    let bus = Bus::connect_url(&redis.url(), 16).await.unwrap();
+    let small = Retention {
+        size: 100,
+        ttl_secs: 600,
+    };
+    let mut report = Vec::new();
+    for (name, channel, history) in [
+        ("plain (PUBLISH + SET EX)", "broadcast:plain", None),
+        ("history (one EVALSHA)", "broadcast:hist", Some(small)),
+    ] {
+        let channels = [channel.to_owned()];
+        let started = Instant::now();
+        for i in 0..N {
+            bus.publish_with(&channels, format!("message {i}").into(), 3600, history)
+                .await
+                .unwrap();
+        }
+        let per = started.elapsed() / N;
+        report.push(format!("{name}: {per:?} per publish"));
+    }
+    println!(
+        "{N} sequential publishes each, debug build: {}",
+        report.join("; ")
+    );
+    assert_eq!(
+        redis.cli(&["XLEN", "{broadcast:hist}:history"]).trim(),
+        "100"
+    );
+    assert_eq!(
+        redis
+            .cli(&["HGET", "{broadcast:hist}:meta", "offset"])
+            .trim(),
+        N.to_string()
+    );
+    assert_eq!(redis.cli(&["EXISTS", "{broadcast:plain}:meta"]).trim(), "0");
+    bus.quit().await;
+}

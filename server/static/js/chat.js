@@ -47,8 +47,22 @@
     connecting: function () { show('connecting', 'connecting…'); },
     connected: function () { show('connected', 'connected'); },
     receive_message: function (data) { append(typeof data === 'string' ? data : '[binary message]'); },
-    disconnected: function () { show('disconnected', 'disconnected, reconnecting…'); }
+    disconnected: function () { show('disconnected', 'disconnected, reconnecting…'); },
+    // Missed messages come back on reconnect; when the server's history cannot fill the gap,
+    // say so instead of showing a conversation with a silent hole in it.
+    envelope: true,
+    onRecoveryFailed: function () {
+      notice('Some messages sent while you were disconnected could not be recovered.');
+    }
   });
+
+  function notice(text) {
+    var line = document.createElement('div');
+    line.className = 'message notice';
+    line.textContent = text;
+    billboard.appendChild(line);
+    billboard.scrollTop = billboard.scrollHeight;
+  }
 
   function post(message) {
     var form = new URLSearchParams();
