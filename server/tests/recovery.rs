@@ -447,3 +447,47 @@ async fn publish_cost_with_and_without_history() {
     assert_eq!(redis.cli(&["EXISTS", "{broadcast:plain}:meta"]).trim(), "0");
     bus.quit().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_recover_parameter_is_ignored_and_counted() {
+    let (server, metrics) = start();
+    let redis = server.redis.as_ref().unwrap();
+    let base = server.base();
+    let junk = [
+        "recover=%7Bnot%20json",
+        "recover=%7B%22user%3Asomeone%22%3A%7B%22epoch%22%3A%22e%22%2C%22offset%22%3A1%7D%7D",
+        "recover=%7B%22broadcast%22%3A%7B%22epoch%22%3A5%7D%7D",
+    ];
+    let mut sockets = Vec::new();
+    for q in junk {
+        let (ws, protocol) = envelope_connect(&base, &format!("/ws/chat?subscribe-broadcast&{q}"))
+            .await
+            .expect("a bad recover never refuses the socket");
+        assert_eq!(protocol.as_deref(), Some("wsredis.v1"));
+        sockets.push(ws);
+    }
+    assert!(eventually(Duration::from_secs(10), || redis.numsub(CHANNEL) >= 1).await);
+    let bus = Bus::connect_url(&redis.url(), 16).await.unwrap();
+    // Let every socket's subscription settle on its worker, then one message reaches them all.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    publisher(bus.clone(), 1, Duration::ZERO).await.unwrap();
+    for ws in &mut sockets {
+        let mut c = Client::default();
+        assert!(c.read_until(ws, 1).await);
+        c.assert_exactly_once_in_order(1);
+    }
+    let mut counted = None;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        counted = sample(
+            &scrape(&metrics).await,
+            "wsredis_ws_recover_ignored_total{pool=\"all\"}",
+        );
+        if counted == Some(3.0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(counted, Some(3.0), "each bad entry counted once");
+    bus.quit().await;
+}

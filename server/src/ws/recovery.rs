@@ -80,8 +80,29 @@ pub(super) fn resume(
         let (frames, _, outcome) = failed(origin());
         return (frames, None, outcome);
     };
+    // A client at the origin (it was told the channel had no history) has missed nothing of an
+    // epoch that started since: that whole epoch is new to it.
+    let at_origin = req.epoch.is_empty() && req.offset == 0;
     let Some(current) = read.position.clone() else {
+        if at_origin {
+            let here = origin();
+            return (
+                vec![envelope::recovered(ch, &here, 0)],
+                Some(here),
+                Resumed::Recovered(0),
+            );
+        }
         return failed(origin());
+    };
+    let adopted;
+    let req = if at_origin {
+        adopted = Position {
+            epoch: current.epoch.clone(),
+            offset: 0,
+        };
+        &adopted
+    } else {
+        req
     };
     if current.epoch != req.epoch || req.offset > current.offset {
         return failed(current);
@@ -290,6 +311,22 @@ mod tests {
             (types(&frames), at, out),
             (vec!["recovery_failed0".into()], None, Resumed::Failed)
         );
+    }
+
+    #[test]
+    fn a_client_at_the_origin_gets_the_whole_new_epoch() {
+        let r = read(Some("n"), 2, &[1, 2]);
+        let (frames, at, out) = resume("b", Some(&origin()), Some(&r), true);
+        assert_eq!(types(&frames), ["message1", "message2", "recovered2"]);
+        assert_eq!((at, out), (Some(pos("n", 2)), Resumed::Recovered(2)));
+        let (frames, at, _) = resume("b", Some(&origin()), Some(&read(None, 0, &[])), true);
+        assert_eq!(
+            (types(&frames), at),
+            (vec!["recovered0".into()], Some(origin()))
+        );
+        let trimmed = read(Some("n"), 300, &[200]);
+        let (_, _, out) = resume("b", Some(&origin()), Some(&trimmed), true);
+        assert_eq!(out, Resumed::Failed);
     }
 
     #[test]
