@@ -11,7 +11,8 @@
 //! - [`http`]: routing by mode, health, responses and status mapping, trusted forwarded headers.
 //! - [`ws`]: the handshake, ws4redis flags, tungstenite settings, one socket's session loop.
 //! - [`bus`]: the per-worker Redis connections (one subscriber, one command client), channel
-//!   names, and the fan-out of Redis messages to local sockets.
+//!   names, the fan-out of Redis messages to local sockets, and channel history (streams kept
+//!   by one Lua script per publish; docs/protocol.md).
 //! - [`auth`]: password hashes, login, sessions in Redis, CSRF, cookies, form bodies.
 //! - [`manage`]: the `migrate`, `loaddata` and `createuser` commands.
 //! - [`store`]: users and groups in SQLite or PostgreSQL (sqlx), migrations, fixture loading.
