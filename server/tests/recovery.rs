@@ -401,8 +401,22 @@ async fn one_publishers_order_holds_on_every_worker_and_plain_clients_see_ws4red
             other => panic!("plain client: {other:?}"),
         }
     }
-    // And the ws4redis key still holds the last message, for ws4redis replay.
+    // And the ws4redis key still holds the last message, for ws4redis replay: raw for a plain
+    // socket, as a `message` with its position for a fresh envelope socket.
     assert_eq!(redis.cli(&["GET", CHANNEL]).trim(), N.to_string());
+    let (mut late_plain, _) =
+        tokio_tungstenite::connect_async(format!("ws://{base}/ws/chat?subscribe-broadcast"))
+            .await
+            .unwrap();
+    assert_eq!(next_text(&mut late_plain).await, Some(N.to_string()));
+    let (mut late, _) = envelope_connect(&base, "/ws/chat?subscribe-broadcast")
+        .await
+        .unwrap();
+    let replay: serde_json::Value =
+        serde_json::from_str(&next_text(&mut late).await.unwrap()).unwrap();
+    assert_eq!(replay["type"], "message");
+    assert_eq!(replay["data"], N.to_string());
+    assert_eq!(replay["offset"], N);
     let text = scrape(&metrics).await;
     println!(
         "recovered messages (metric): {:?}",
