@@ -27,9 +27,9 @@
     chat.setAttribute('data-state', state);
   }
 
-  function append(text) {
+  function append(text, kind) {
     var line = document.createElement('div');
-    line.className = 'message';
+    line.className = kind ? 'message ' + kind : 'message';
     line.textContent = text;
     billboard.appendChild(line);
     billboard.scrollTop = billboard.scrollHeight;
@@ -52,17 +52,9 @@
     // say so instead of showing a conversation with a silent hole in it.
     envelope: true,
     onRecoveryFailed: function () {
-      notice('Some messages sent while you were disconnected could not be recovered.');
+      append('Some messages sent while you were disconnected could not be recovered.', 'notice');
     }
   });
-
-  function notice(text) {
-    var line = document.createElement('div');
-    line.className = 'message notice';
-    line.textContent = text;
-    billboard.appendChild(line);
-    billboard.scrollTop = billboard.scrollHeight;
-  }
 
   function post(message) {
     var form = new URLSearchParams();
