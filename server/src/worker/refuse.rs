@@ -5,7 +5,8 @@
 //! down, and what the client sends is read and thrown away for at most [`LINGER`] so that the
 //! kernel ends the connection with a FIN rather than a reset that could destroy the answer
 //! before the client reads it. Lingering refusals are bounded by [`MAX_LINGERING`]; past that
-//! a refused connection is simply closed, so a flood cannot make the refusals themselves pile
+//! the answer is written without waiting, what the client has sent so far is discarded, and
+//! the connection is closed on the spot, so a flood cannot make the refusals themselves pile
 //! up. Every refusal counts in `wsredis_dropped_total{reason="overload"}`.
 
 use std::sync::Arc;
@@ -49,6 +50,7 @@ impl Refusals {
         );
         if self.lingering.fetch_add(1, Ordering::Relaxed) >= MAX_LINGERING {
             self.lingering.fetch_sub(1, Ordering::Relaxed);
+            refuse_now(&stream);
             return;
         }
         let lingering = self.lingering.clone();
@@ -71,6 +73,32 @@ impl Refusals {
             .await;
             lingering.fetch_sub(1, Ordering::Relaxed);
         });
+    }
+}
+
+/// Write the answer without waiting (a fresh connection's send buffer takes it whole), end
+/// the write side, and discard what already arrived so the close sends a FIN, not a reset.
+fn refuse_now(stream: &Stream) {
+    let answer = response();
+    let (sent, sock) = match stream {
+        Stream::Tcp(s) => (s.try_write(answer.as_bytes()), socket2::SockRef::from(s)),
+        Stream::Unix(s) => (s.try_write(answer.as_bytes()), socket2::SockRef::from(s)),
+    };
+    if sent.is_err() {
+        return;
+    }
+    let _ = sock.shutdown(std::net::Shutdown::Write);
+    let mut buf = [0u8; 4096];
+    let mut read = 0;
+    while read < MAX_DISCARD_BYTES {
+        let got = match stream {
+            Stream::Tcp(s) => s.try_read(&mut buf),
+            Stream::Unix(s) => s.try_read(&mut buf),
+        };
+        match got {
+            Ok(n) if n > 0 => read += n,
+            _ => break,
+        }
     }
 }
 
