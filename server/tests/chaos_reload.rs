@@ -277,3 +277,35 @@ async fn a_connection_flood_beyond_the_limit_gets_503_at_once_and_the_workers_ke
     assert_eq!(open, Some((LIMIT * WORKERS) as f64));
     assert_eq!(server.worker_pids(), pids, "a worker died");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scraper_slow_to_send_its_request_is_answered_and_does_not_hold_the_master() {
+    let _serial = SERIAL.lock().await;
+    let metrics = format!("127.0.0.1:{}", common::free_port());
+    let server = Server::start(&["--workers", "1", "--metrics-bind", &metrics]);
+    // On a loaded machine a scraper may connect well before its request goes out (the
+    // master used to give it 250 ms, then cut it).
+    let mut slow = TcpStream::connect(&metrics).await.unwrap();
+    let mut silent = TcpStream::connect(&metrics).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Meanwhile the master goes on: another scrape and a signal are served at once.
+    let t0 = Instant::now();
+    assert!(scrape(&metrics).await.contains("wsredis_workers"));
+    let other_scrape = t0.elapsed();
+    server.signal(Signal::SIGTTIN);
+    assert!(pool_is(&server, 2, &HashSet::new()).await);
+    slow.write_all(b"GET /metrics HTTP/1.1\r\nHost: m\r\n\r\n")
+        .await
+        .unwrap();
+    let answer = read_all(&mut slow).await;
+    println!("scrape with a silent connection open: {other_scrape:.1?}");
+    assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
+    assert!(
+        answer.contains("wsredis_workers{pool=\"all\"} 2"),
+        "{answer}"
+    );
+    silent
+        .write_all(b"GET /metrics HTTP/1.1\r\n")
+        .await
+        .unwrap();
+}
