@@ -5,12 +5,13 @@ BIN := target/release/wsredis
 PORT ?= 8000
 WORKERS ?= $(shell nproc)
 
-.PHONY: help deps deps-deploy deps-django build test lint unit run-standalone run-behind-nginx bench-http stress stress-nginx clean
+.PHONY: help deps deps-deploy deps-django build test lint unit chaos run-standalone run-behind-nginx bench-http stress stress-nginx clean
 
 help:
 	@echo "make run-standalone  build and start the server on :$(PORT) (all set-up included)"
 	@echo "make run-behind-nginx  Redis, an HTTP pool and a websocket pool behind nginx on :8080"
 	@echo "make test            install what tests need (chromium included), lint, run every test"
+	@echo "make chaos           the faults-under-load tests at full size (CHAOS_SOCKETS=$(CHAOS_SOCKETS)), then fuzzing"
 	@echo "make build           release build"
 	@echo "make lint            cargo fmt --check and clippy -D warnings"
 	@echo "make bench-http      wrk against /healthz with 1 and N workers, and respawn latency"
@@ -31,6 +32,18 @@ unit:
 	$(CARGO) test --workspace --locked
 
 test: deps deps-deploy deps-django lint unit
+
+# The faults-under-load tests of `make test` (server/tests/chaos*.rs: 2000 sockets, 100 reloads)
+# at full size, one test at a time, with their numbers printed; then scripts/fuzz.sh if present.
+CHAOS_SOCKETS ?= 8000
+CHAOS_CYCLES ?= 300
+CHAOS_RATE ?= 20
+CHAOS_OUTAGE_SECS ?= 10
+chaos:
+	CHAOS_SOCKETS=$(CHAOS_SOCKETS) CHAOS_CYCLES=$(CHAOS_CYCLES) CHAOS_RATE=$(CHAOS_RATE) \
+	CHAOS_OUTAGE_SECS=$(CHAOS_OUTAGE_SECS) $(CARGO) test -p wsredis --locked \
+	  --test chaos --test chaos_reload -- --nocapture --test-threads 1
+	@if [ -x scripts/fuzz.sh ]; then scripts/fuzz.sh 60; else echo "chaos: no scripts/fuzz.sh, fuzzing skipped"; fi
 
 # What the deployment tests (server/tests/deploy_*.rs) need besides redis-server; a test whose
 # tool cannot be installed says so and skips.

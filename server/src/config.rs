@@ -257,9 +257,15 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(1..))]
     pub header_timeout: u64,
 
-    /// Most open connections per worker; further websocket upgrades get 503.
+    /// Most open websockets per worker; further websocket upgrades get 503.
     #[arg(long, env = "WSREDIS_MAX_CONNECTIONS", default_value_t = 50_000)]
     pub max_connections: usize,
+
+    /// Most open HTTP connections per worker (idle keep-alive, requests in flight, handshakes
+    /// not yet upgraded; websockets count against --max-connections instead). A connection
+    /// beyond it is answered 503 with Retry-After at once and closed (0 = no limit).
+    #[arg(long, env = "WSREDIS_MAX_HTTP_CONNECTIONS", default_value_t = 10_000)]
+    pub max_http_connections: usize,
 
     /// Origins allowed to open websockets (comma-separated, `*` for any); empty = same origin.
     #[arg(long, env = "WSREDIS_ALLOWED_ORIGINS", value_delimiter = ',')]

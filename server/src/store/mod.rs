@@ -164,7 +164,10 @@ impl Store {
     pub fn connect_lazy(url: &str) -> Result<Store, StoreError> {
         let pool = match backend_of(url)? {
             Backend::Sqlite => {
-                let opts = sqlite_options(url)?;
+                // A worker never creates the database: a file that is gone (deleted, or a
+                // volume not mounted) must answer 503, not be replaced by an empty database
+                // whose missing tables answer 500. `wsredis migrate` creates it.
+                let opts = sqlite_options(url)?.create_if_missing(is_sqlite_memory(url));
                 if !is_sqlite_memory(url)
                     && let Err(e) = create_parent_dir(opts.get_filename())
                 {

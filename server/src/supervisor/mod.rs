@@ -86,18 +86,17 @@ pub fn run(config: Config) -> Result<(), SupervisorError> {
     let _pid_file = config.pid_file.as_ref().map(PidFile::write).transpose()?;
     let slots = Slots::create().map_err(|e| SupervisorError::Metrics(e.to_string()))?;
     let stats = MasterStats::default();
-    let scrape =
-        match config.metrics_bind.as_str() {
-            "off" | "" => None,
-            addr => {
-                let addr = addr.parse().map_err(|e| {
-                    SupervisorError::Metrics(format!("--metrics-bind `{addr}`: {e}"))
-                })?;
-                Some(scrape::bind(addr).map_err(|e| {
-                    SupervisorError::Metrics(format!("cannot listen on {addr}: {e}"))
-                })?)
-            }
-        };
+    let mut scrape = match config.metrics_bind.as_str() {
+        "off" | "" => None,
+        addr => {
+            let addr = addr
+                .parse()
+                .map_err(|e| SupervisorError::Metrics(format!("--metrics-bind `{addr}`: {e}")))?;
+            Some(scrape::Scraper::new(scrape::bind(addr).map_err(|e| {
+                SupervisorError::Metrics(format!("cannot listen on {addr}: {e}"))
+            })?))
+        }
+    };
     tracing::info!(
         bind = %config.bind,
         socket_activated,
@@ -118,9 +117,15 @@ pub fn run(config: Config) -> Result<(), SupervisorError> {
         notifier.update(ready, target, reloading);
         let timeout = pool.next_wakeup().min(notifier.next_due()).min(TICK);
         let mut fds = vec![PollFd::new(sigfd.as_fd(), PollFlags::POLLIN)];
-        if let Some(l) = &scrape {
-            fds.push(PollFd::new(l.as_fd(), PollFlags::POLLIN));
-        }
+        let scrape_fds = scrape
+            .as_ref()
+            .map(scrape::Scraper::fds)
+            .unwrap_or_default();
+        fds.extend(
+            scrape_fds
+                .iter()
+                .map(|fd| PollFd::new(*fd, PollFlags::POLLIN)),
+        );
         let controls = pool.control_fds();
         fds.extend(
             controls
@@ -133,11 +138,12 @@ pub fn run(config: Config) -> Result<(), SupervisorError> {
             Err(e) => return Err(SupervisorError::Signals(e)),
         }
         drop(fds);
+        drop(scrape_fds);
         drop(controls);
         pool.read_controls();
-        if let Some(l) = &scrape {
+        if let Some(s) = &mut scrape {
             let mode = config.mode.as_str();
-            scrape::serve_pending(l, &|| metrics::render(mode, &slots, &stats, &pool.live()));
+            s.serve(&|| metrics::render(mode, &slots, &stats, &pool.live()));
         }
         for event in signals::read(&sigfd) {
             match event {

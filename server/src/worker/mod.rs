@@ -7,6 +7,7 @@
 
 pub mod control;
 pub mod net;
+mod refuse;
 mod serve;
 pub mod state;
 

@@ -3,7 +3,8 @@
 //! This is the seam tests use in-process: `serve(listener, app, shutdown)` runs until
 //! `shutdown` resolves, then stops accepting, lets requests in flight finish (idle keep-alive
 //! connections are closed), tells every websocket to close with 1001, and returns when all are
-//! done or the graceful timeout passes.
+//! done or the graceful timeout passes. A connection beyond `--max-http-connections` is
+//! answered 503 at once and closed (`worker::refuse`).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -17,6 +18,7 @@ use tokio::sync::Notify;
 use tokio_util::task::TaskTracker;
 
 use super::net::Listener;
+use super::refuse::{self, Refusals};
 use super::state::{App, Gauge};
 use crate::http;
 
@@ -44,6 +46,7 @@ pub async fn serve(listener: Listener, app: Arc<App>, shutdown: impl Future<Outp
     // drops connections whose first bytes have not arrived yet; so connections are tracked
     // here, and each one is told to finish its current request when the worker drains.
     let connections = TaskTracker::new();
+    let refusals = Refusals::default();
     tokio::pin!(shutdown);
     tracing::info!(mode = app.config.mode.as_str(), "worker serving");
     let mut paused = 0;
@@ -72,6 +75,12 @@ pub async fn serve(listener: Listener, app: Arc<App>, shutdown: impl Future<Outp
             },
             () = &mut shutdown => break,
         };
+        // Over the limit: answer 503 now rather than queue the connection behind the others
+        // (a flood must not take the file descriptors the open sockets need).
+        if refuse::at_limit(&app) {
+            refusals.refuse(&app, stream);
+            continue;
+        }
         let app2 = app.clone();
         let first_request = Arc::new(Notify::new());
         let started = first_request.clone();
