@@ -12,6 +12,8 @@
 //! - [`ws`]: the handshake, ws4redis flags, tungstenite settings, one socket's session loop.
 //! - [`bus`]: the per-worker Redis connections (one subscriber, one command client), channel
 //!   names, and the fan-out of Redis messages to local sockets.
+//! - [`presence`]: who is connected per facility and channel, kept in Redis by every worker,
+//!   with join/leave events; entries of dead workers expire.
 //! - [`auth`]: password hashes, login, sessions in Redis, CSRF, cookies, form bodies.
 //! - [`manage`]: the `migrate`, `loaddata` and `createuser` commands.
 //! - [`store`]: users and groups in SQLite or PostgreSQL (sqlx), migrations, fixture loading.
@@ -28,6 +30,7 @@ pub mod http;
 pub mod logging;
 pub mod manage;
 pub mod metrics;
+pub mod presence;
 pub mod store;
 pub mod supervisor;
 pub mod worker;

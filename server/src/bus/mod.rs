@@ -2,7 +2,8 @@
 //!
 //! One [`Bus`] per worker owns exactly two Redis connections, whatever the number of sockets:
 //! a fred `SubscriberClient` (every channel any local socket listens to) and a command `Client`
-//! (PUBLISH, SET EX, GET; also lent to the session store through [`Bus::commands`]). fred stays
+//! (PUBLISH, SET EX, GET, Lua scripts for presence; also lent to the session store through
+//! [`Bus::commands`]). fred stays
 //! behind this module, so the Redis client can be swapped in one place.
 //!
 //! Invariants:
@@ -17,6 +18,7 @@
 pub mod channels;
 mod payload;
 mod registry;
+mod scripts;
 mod tasks;
 
 use std::sync::Arc;
@@ -33,6 +35,7 @@ use fred::types::{Builder, Expiration, Value};
 
 pub use payload::Payload;
 pub use registry::{BusStats, Delivery, Overflowed, Subscription};
+pub use scripts::{Call, Script};
 
 use crate::config::Config;
 use registry::Registry;

@@ -116,6 +116,10 @@ pub struct Slot {
     pub login_failures: AtomicU64,
     /// Logins refused without a password check because of too many failures.
     pub login_throttled: AtomicU64,
+    /// Gauge: presence entries this worker holds (one per socket and channel).
+    pub presence_entries: AtomicU64,
+    /// Presence writes (join, refresh, leave, sweep) that Redis did not do.
+    pub presence_errors: AtomicU64,
 }
 
 impl Slot {
@@ -245,6 +249,7 @@ impl Slots {
         s.http_open.store(0, Ordering::Relaxed);
         s.ws_open.store(0, Ordering::Relaxed);
         s.redis_up.store(0, Ordering::Relaxed);
+        s.presence_entries.store(0, Ordering::Relaxed);
     }
 }
 

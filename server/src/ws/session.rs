@@ -51,6 +51,8 @@ pub struct SessionCtx {
     pub settings: Arc<Settings>,
     /// The worker's socket counters.
     pub stats: Arc<Stats>,
+    /// The socket's place in presence (None: its facility keeps none).
+    pub presence: Option<crate::presence::Member>,
 }
 
 /// Drive one upgraded socket until it ends; returns when the socket is closed (or dropped).

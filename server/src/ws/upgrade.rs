@@ -42,6 +42,8 @@ pub async fn upgrade(app: Arc<App>, mut req: Request<Incoming>, _peer: Peer) -> 
                             Some(websocket_config(&app2.config)),
                         )
                         .await;
+                        // Leaves when the session ends, whichever way (guard drop).
+                        let _present = ctx.presence.as_ref().map(|m| m.join());
                         super::run(ws, ctx, app2.shutdown.clone()).await;
                     }
                     Err(e) => tracing::debug!(error = %e, "upgrade failed"),
@@ -73,10 +75,7 @@ async fn prepare(
     let flags = Flags::parse(req.uri().query().unwrap_or(""));
     let facility = flags::facility(req.uri().path(), &app.config.websocket_url)
         .ok_or_else(|| HandshakeError::BadRequest("the facility is not valid".into()))?;
-    let identity = match &app.django {
-        Some(django) => identify_django(django, req).await?,
-        None => identify(app, req).await?,
-    };
+    let identity = identity_of(app, req).await?;
     let flags = match app.config.allowed_channels(&identity) {
         Some(allowed) => flags.restrict(allowed),
         None => flags,
@@ -88,7 +87,9 @@ async fn prepare(
             ChannelError::Forbidden(why) => HandshakeError::Forbidden(why.to_string()),
             other => HandshakeError::BadRequest(other.to_string()),
         })?;
+    let presence = app.presence.member(&facility, &identity, flags.subscribe());
     let ctx = SessionCtx {
+        presence,
         bus: app.bus.clone(),
         channels,
         echo: flags.echo,
@@ -96,6 +97,18 @@ async fn prepare(
         stats: app.ws_stats.clone(),
     };
     Ok((accept, ctx))
+}
+
+/// Who sent `req`: the web app's session, or the Django site's with `--session-backend
+/// django-*`; anonymous without a (valid) session. Also used by the presence API.
+pub(crate) async fn identity_of(
+    app: &App,
+    req: &Request<Incoming>,
+) -> Result<Identity, HandshakeError> {
+    match &app.django {
+        Some(django) => identify_django(django, req).await,
+        None => identify(app, req).await,
+    }
 }
 
 /// Who is on the socket: the web app's session (cookie `sessionid`), else anonymous. A

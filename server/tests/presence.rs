@@ -1,0 +1,343 @@
+//! Presence on the real binary: `GET /api/presence/{facility}` after joins and leaves over
+//! several workers, a user with several sockets, anonymous counts, a worker killed with -9 (its
+//! entries expire within `--presence-ttl`), a second host sharing Redis, who may read the API,
+//! and that no session key ever shows.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::RedisServer;
+use common::server::{Server, request_with};
+use common::web::{Client, Database};
+use common::ws::{Ws, connect};
+use serde_json::Value;
+
+const TOKEN: &str = "presence-test-token-0123456789";
+/// A short TTL so a killed worker's entries go quickly; refreshed every second.
+const FAST: [&str; 4] = ["--presence-ttl", "3", "--presence-refresh", "1"];
+/// Generous for a loaded 2-core machine; every wait ends as soon as its condition holds.
+const DEADLINE: Duration = Duration::from_secs(30);
+
+fn serve(db: &Database, host: &str, redis: Option<&RedisServer>, extra: &[&str]) -> Server {
+    let url = redis.map(RedisServer::url);
+    let mut args = vec!["--database-url", &db.url, "--workers", "2"];
+    if let Some(url) = &url {
+        args.extend(["--redis-url", url.as_str()]);
+    }
+    args.extend_from_slice(extra);
+    Server::start_at(host, &args, &[("WSREDIS_API_TOKEN", TOKEN)])
+}
+
+/// Log in through the form; returns the session cookie's value.
+async fn login(base: &str, user: &str) -> String {
+    let mut c = Client::new(base);
+    c.login(user, "secret", "/chat/").await;
+    c.cookies.get("sessionid").cloned().expect("logged in")
+}
+
+/// `GET /api/presence/chat` with the token, a session cookie, or nothing: (status, body).
+async fn api(base: &str, token: Option<&str>, session: Option<&str>) -> (u16, String) {
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let cookie = session.map(|s| format!("sessionid={s}"));
+    let mut headers = Vec::new();
+    if let Some(a) = &auth {
+        headers.push(("authorization", a.as_str()));
+    }
+    if let Some(c) = &cookie {
+        headers.push(("cookie", c.as_str()));
+    }
+    let r = request_with(base, "GET", "/api/presence/chat", &headers, Bytes::new())
+        .await
+        .unwrap();
+    (r.status, r.body)
+}
+
+/// The channels of the token's view of facility `chat`.
+async fn channels(base: &str) -> Value {
+    let (status, body) = api(base, Some(TOKEN), None).await;
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    v["channels"].clone()
+}
+
+fn users(ch: &Value, label: &str) -> BTreeSet<String> {
+    ch[label]["users"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|u| u.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn anonymous(ch: &Value, label: &str) -> u64 {
+    ch[label]["anonymous"].as_u64().unwrap_or(0)
+}
+
+/// Poll the API until `cond` holds on the channels (or the deadline passes); returns the last
+/// channels seen and how long it took.
+async fn until(base: &str, cond: impl Fn(&Value) -> bool) -> (Value, Duration) {
+    let start = Instant::now();
+    loop {
+        let ch = channels(base).await;
+        if cond(&ch) || start.elapsed() > DEADLINE {
+            return (ch, start.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn set(names: &[&str]) -> BTreeSet<String> {
+    names.iter().map(|s| (*s).to_owned()).collect()
+}
+
+async fn open(base: &str, flags: &str, session: Option<&str>) -> Ws {
+    connect(base, &format!("/ws/chat?{flags}"), session)
+        .await
+        .unwrap()
+}
+
+async fn close(mut ws: Ws) {
+    let _ = ws.close(None).await;
+}
+
+/// Pids of the workers holding entries on the broadcast channel (from the entry names,
+/// `host:pid:random/connection`).
+fn holders(redis: &RedisServer) -> BTreeSet<i32> {
+    redis
+        .cli(&["HKEYS", "presence:chat broadcast"])
+        .lines()
+        .filter_map(|f| f.split(':').nth(1)?.parse().ok())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joins_and_leaves_over_workers_with_several_sockets_and_anonymous() {
+    let db = Database::with_fixtures();
+    let server = serve(&db, "127.0.0.1", None, &FAST);
+    let base = server.base();
+    let redis = server.redis.as_ref().unwrap();
+    let (john, mary) = (login(&base, "john").await, login(&base, "mary").await);
+
+    let both = "subscribe-broadcast&subscribe-user&subscribe-group";
+    let mut johns = Vec::new();
+    for _ in 0..3 {
+        johns.push(open(&base, both, Some(&john)).await);
+    }
+    let marys = open(&base, both, Some(&mary)).await;
+    let mut anons = vec![
+        open(&base, "subscribe-broadcast", None).await,
+        open(&base, "subscribe-broadcast", None).await,
+    ];
+    let (ch, took) = until(&base, |ch| {
+        users(ch, "broadcast") == set(&["john", "mary"]) && anonymous(ch, "broadcast") == 2
+    })
+    .await;
+    println!("6 sockets seen in {took:?}: {ch}");
+    assert_eq!(users(&ch, "broadcast"), set(&["john", "mary"]), "{ch}");
+    assert_eq!(anonymous(&ch, "broadcast"), 2, "{ch}");
+    assert_eq!(users(&ch, "user:john"), set(&["john"]));
+    assert_eq!(users(&ch, "user:mary"), set(&["mary"]));
+    assert_eq!(users(&ch, "group:chatusers"), set(&["john", "mary"]));
+    let pids = holders(redis);
+    println!("entries held by workers {pids:?}");
+    assert_eq!(pids.len(), 2, "the sockets are spread over both workers");
+
+    // Two of john's three tabs close: he is still there.
+    close(johns.pop().unwrap()).await;
+    close(johns.pop().unwrap()).await;
+    close(anons.pop().unwrap()).await;
+    let (ch, _) = until(&base, |ch| anonymous(ch, "broadcast") == 1).await;
+    assert_eq!(anonymous(&ch, "broadcast"), 1, "{ch}");
+    assert_eq!(users(&ch, "broadcast"), set(&["john", "mary"]), "{ch}");
+    assert_eq!(users(&ch, "user:john"), set(&["john"]), "{ch}");
+
+    // The last one closes: john leaves every channel; nobody left on his user channel.
+    close(johns.pop().unwrap()).await;
+    let (ch, _) = until(&base, |ch| {
+        users(ch, "broadcast") == set(&["mary"]) && ch.get("user:john").is_none()
+    })
+    .await;
+    assert_eq!(users(&ch, "broadcast"), set(&["mary"]), "{ch}");
+    assert_eq!(users(&ch, "group:chatusers"), set(&["mary"]), "{ch}");
+    assert!(ch.get("user:john").is_none(), "{ch}");
+
+    close(marys).await;
+    close(anons.pop().unwrap()).await;
+    let (ch, _) = until(&base, |ch| ch.as_object().is_some_and(|m| m.is_empty())).await;
+    assert_eq!(ch, serde_json::json!({}), "nobody is left");
+    let stats = redis.cli(&["INFO", "commandstats"]);
+    for line in stats.lines().filter(|l| l.contains("evalsha")) {
+        println!("redis cost of presence: {line}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_workers_entries_disappear_within_the_ttl() {
+    let db = Database::with_fixtures();
+    let server = serve(&db, "127.0.0.1", None, &FAST);
+    let base = server.base();
+    let redis = server.redis.as_ref().unwrap();
+    let (john, mary) = (login(&base, "john").await, login(&base, "mary").await);
+    // Enough sockets that both workers hold some.
+    let mut sockets = Vec::new();
+    for i in 0..8 {
+        let who = if i % 2 == 0 { &john } else { &mary };
+        sockets.push(open(&base, "subscribe-broadcast", Some(who)).await);
+    }
+    assert!(
+        common::eventually(DEADLINE, || holders(redis).len() == 2).await,
+        "both workers hold entries"
+    );
+    let victim = *holders(redis).iter().next().unwrap();
+    let count = |pid: i32| {
+        redis
+            .cli(&["HKEYS", "presence:chat broadcast"])
+            .lines()
+            .filter(|f| f.split(':').nth(1) == Some(&pid.to_string()))
+            .count()
+    };
+    let before = count(victim);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(victim),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let killed = Instant::now();
+    // The survivor's refresher (or this very read) sweeps the dead entries.
+    assert!(
+        common::eventually(DEADLINE, || count(victim) == 0).await,
+        "the killed worker's {before} entries are still there"
+    );
+    println!(
+        "{before} entries of killed worker {victim} gone after {:?} (TTL 3 s, refresh 1 s)",
+        killed.elapsed()
+    );
+    // The survivors' sockets still count.
+    let (ch, _) = until(&base, |ch| !users(ch, "broadcast").is_empty()).await;
+    assert!(!users(&ch, "broadcast").is_empty(), "{ch}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_host_is_seen_and_a_graceful_stop_leaves_at_once() {
+    let db = Database::with_fixtures();
+    let redis = RedisServer::start();
+    // A TTL far longer than the wait below: what disappears was removed, not expired.
+    let slow = ["--presence-ttl", "300", "--presence-refresh", "100"];
+    let a = serve(&db, "127.0.0.1", Some(&redis), &slow);
+    let mut b = serve(&db, "127.0.0.2", Some(&redis), &slow);
+    let (john, mary) = (
+        login(&a.base(), "john").await,
+        login(&b.base(), "mary").await,
+    );
+    let _on_a = open(&a.base(), "subscribe-broadcast", Some(&john)).await;
+    let _on_b = open(&b.base(), "subscribe-broadcast", Some(&mary)).await;
+    let (ch, _) = until(&a.base(), |ch| {
+        users(ch, "broadcast") == set(&["john", "mary"])
+    })
+    .await;
+    assert_eq!(users(&ch, "broadcast"), set(&["john", "mary"]), "{ch}");
+    let (ch, _) = until(&b.base(), |ch| {
+        users(ch, "broadcast") == set(&["john", "mary"])
+    })
+    .await;
+    assert_eq!(
+        users(&ch, "broadcast"),
+        set(&["john", "mary"]),
+        "host B agrees: {ch}"
+    );
+
+    b.signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(b.wait_exit(DEADLINE).is_some(), "host B stops");
+    let (ch, took) = until(&a.base(), |ch| users(ch, "broadcast") == set(&["john"])).await;
+    println!("host B's entries gone {took:?} after its stop (TTL 300 s)");
+    assert_eq!(users(&ch, "broadcast"), set(&["john"]), "{ch}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn who_may_read_presence_and_no_session_key_shows() {
+    let db = Database::with_fixtures();
+    let server = serve(&db, "127.0.0.1", None, &FAST);
+    let base = server.base();
+    let (john, mary) = (login(&base, "john").await, login(&base, "mary").await);
+    let all = "subscribe-broadcast&subscribe-user&subscribe-group&subscribe-session";
+    let _j = open(&base, all, Some(&john)).await;
+    let _m = open(&base, all, Some(&mary)).await;
+    // A socket joins its channels one script each: wait for the last of them.
+    let (ch, _) = until(&base, |ch| {
+        ch["session"]["connections"] == 2 && users(ch, "group:chatusers").len() == 2
+    })
+    .await;
+
+    // The token sees every channel; session channels as a count only.
+    assert_eq!(ch["session"], serde_json::json!({"connections": 2}), "{ch}");
+    assert_eq!(users(&ch, "user:mary"), set(&["mary"]));
+
+    // John's session sees what he could subscribe to himself: not mary's channel, no sessions.
+    let (status, body) = api(&base, None, Some(&john)).await;
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    let labels: BTreeSet<&str> = v["channels"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(
+        labels,
+        ["broadcast", "group:chatusers", "user:john"].into(),
+        "{body}"
+    );
+
+    // Anonymous: 403. A wrong token: 401, even with a valid session. Unknown facility: 404.
+    assert_eq!(api(&base, None, None).await.0, 403);
+    assert_eq!(
+        api(&base, Some("wrong-token-wrong-token"), Some(&john))
+            .await
+            .0,
+        401
+    );
+    let off = request_with(
+        &base,
+        "GET",
+        "/api/presence/bad%20facility",
+        &[("authorization", &format!("Bearer {TOKEN}"))],
+        Bytes::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(off.status, 400, "{}", off.body);
+
+    // No session key anywhere: API answers, Redis keys and values of presence.
+    let redis = server.redis.as_ref().unwrap();
+    let mut seen = api(&base, Some(TOKEN), None).await.1;
+    seen += &api(&base, None, Some(&john)).await.1;
+    for key in redis.cli(&["KEYS", "presence*"]).lines() {
+        seen += key;
+        seen += &redis.cli(&["HGETALL", key]);
+    }
+    for key in [&john, &mary] {
+        assert!(!seen.contains(key.as_str()), "a session key leaked: {seen}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_can_be_limited_to_some_facilities() {
+    let db = Database::with_fixtures();
+    let server = serve(&db, "127.0.0.1", None, &["--presence", "lobby"]);
+    let base = server.base();
+    let john = login(&base, "john").await;
+    let _ws = open(&base, "subscribe-broadcast", Some(&john)).await;
+    let (status, _) = api(&base, Some(TOKEN), None).await;
+    assert_eq!(status, 404, "facility chat keeps no presence");
+    let redis = server.redis.as_ref().unwrap();
+    assert_eq!(
+        redis.cli(&["KEYS", "presence*"]).trim(),
+        "",
+        "nothing written"
+    );
+}
