@@ -7,7 +7,11 @@
  *   data-target: the form field naming the recipient ("user" or "group"), with #target;
  *   data-username: who is typing (shown in front of broadcast messages);
  *   data-csrf: the CSRF token for POSTs.
- * Messages are added as text, never as HTML.
+ * #online's data-presence is the presence API of the facility (empty: no presence); the page
+ * polls it every PRESENCE_POLL_MS and right after its socket (re)connects, and lists the users
+ * of every channel it may see (GET /api/presence answers a session with its own audiences
+ * only, and anonymous visitors with 403).
+ * Messages and names are added as text, never as HTML.
  */
 (function () {
   'use strict';
@@ -41,11 +45,56 @@
     feedback.className = ok ? 'feedback ok' : 'feedback error';
   }
 
+  var PRESENCE_POLL_MS = 3000;
+  var online = document.getElementById('online');
+  var onlineUsers = document.getElementById('online_users');
+  var onlineNote = document.getElementById('online_note');
+  var polling = null;
+
+  function showOnline(channels) {
+    var names = {};
+    var anonymous = 0;
+    Object.keys(channels).forEach(function (label) {
+      (channels[label].users || []).forEach(function (u) { names[u] = true; });
+      if (label === 'broadcast') { anonymous = channels[label].anonymous || 0; }
+    });
+    var sorted = Object.keys(names).sort();
+    var items = sorted.map(function (u) {
+      var li = document.createElement('li');
+      li.textContent = u;
+      li.setAttribute('data-user', u);
+      return li;
+    });
+    onlineUsers.replaceChildren.apply(onlineUsers, items);
+    onlineNote.textContent = anonymous ? '+ ' + anonymous + ' anonymous' : '';
+    online.setAttribute('data-count', String(sorted.length));
+  }
+
+  function pollOnline() {
+    if (!online || !online.dataset.presence) { return; }
+    fetch(online.dataset.presence, { credentials: 'same-origin' }).then(function (resp) {
+      if (resp.status === 403) {
+        onlineUsers.replaceChildren();
+        onlineNote.textContent = 'Log in to see who is online.';
+        return null;
+      }
+      return resp.ok ? resp.json() : null;
+    }).then(function (body) {
+      if (body && body.channels) { showOnline(body.channels); }
+    }, function () { /* offline: keep the last list */ });
+  }
+
+  if (online && !online.dataset.presence) {
+    online.hidden = true;
+  } else if (online) {
+    polling = window.setInterval(pollOnline, PRESENCE_POLL_MS);
+  }
+
   var ws = WSRedis({
     uri: WSRedis.uri(d.wsPrefix, d.facility, d.flags),
     heartbeat_msg: d.heartbeat || null,
     connecting: function () { show('connecting', 'connecting…'); },
-    connected: function () { show('connected', 'connected'); },
+    connected: function () { show('connected', 'connected'); pollOnline(); },
     receive_message: function (data) { append(typeof data === 'string' ? data : '[binary message]'); },
     disconnected: function () { show('disconnected', 'disconnected, reconnecting…'); }
   });
@@ -100,5 +149,8 @@
       send();
     }
   });
-  window.addEventListener('pagehide', function () { ws.close(); });
+  window.addEventListener('pagehide', function () {
+    if (polling) { window.clearInterval(polling); }
+    ws.close();
+  });
 }());
