@@ -96,6 +96,11 @@ pub struct PublishArgs {
     /// The facility.
     #[arg(long)]
     pub facility: String,
+    /// History rules, as for `wsredis serve --history`: a facility with history must be
+    /// published to with the same rule, so the message lands in its history.
+    #[arg(long = "history", env = "WSREDIS_HISTORY", value_delimiter = ',',
+          value_parser = crate::bus::history::parse_rule)]
+    pub history: Vec<crate::bus::HistoryRule>,
     /// Publish on the broadcast channel.
     #[arg(long)]
     pub broadcast: bool,

@@ -39,6 +39,7 @@ pub fn publish(args: PublishArgs) -> Result<(Vec<String>, u64), CommandError> {
     } else {
         args.message
     };
+    let history = crate::bus::history::retention_for(&args.history, &args.facility);
     let request = Publish {
         facility: args.facility,
         broadcast: args.broadcast,
@@ -55,7 +56,12 @@ pub fn publish(args: PublishArgs) -> Result<(Vec<String>, u64), CommandError> {
             .await
             .map_err(|e| CommandError::Failed(e.to_string()))?;
         let receivers = bus
-            .publish(&channels, Bytes::from(request.message), args.expire)
+            .publish_with(
+                &channels,
+                Bytes::from(request.message),
+                args.expire,
+                history,
+            )
             .await
             .map_err(|e| CommandError::Failed(format!("publish to {}: {e}", args.redis_url)));
         bus.quit().await;

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::auth::django::settings::DjangoSettings;
 use crate::bus::channels::Identity;
+use crate::bus::{HistoryRule, Retention};
 use crate::ws::Flags;
 
 /// Which routes a pool of workers serves.
@@ -222,6 +223,13 @@ pub struct Config {
           default_value = django_alias("WS4REDIS_EXPIRE").unwrap_or("3600"))]
     pub expire: u64,
 
+    /// Keep a bounded history per channel of a facility, for `wsredis.v1` clients to recover
+    /// what they missed (docs/protocol.md): `<facility>=<size>[:<ttl-seconds>]`, repeatable or
+    /// comma-separated, `*` for every facility not listed. Off by default (ws4redis behaviour).
+    #[arg(long = "history", env = "WSREDIS_HISTORY", value_delimiter = ',',
+          value_parser = crate::bus::history::parse_rule)]
+    pub history: Vec<HistoryRule>,
+
     /// Application heartbeat string sent to each socket and never published when received
     /// (django-websocket-redis: WS4REDIS_HEARTBEAT, also read under that name).
     #[arg(long, env = "WSREDIS_HEARTBEAT", default_value = django_alias("WS4REDIS_HEARTBEAT"))]
@@ -398,6 +406,11 @@ impl Config {
         } else {
             self.allowed_channels_authenticated
         }
+    }
+
+    /// What history the channels of `facility` keep (`None`: off).
+    pub fn history_for(&self, facility: &str) -> Option<Retention> {
+        crate::bus::history::retention_for(&self.history, facility)
     }
 
     /// Graceful stop deadline.

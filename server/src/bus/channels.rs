@@ -118,6 +118,11 @@ impl Namer {
         Self { head }
     }
 
+    /// `prefix + ":"`, or empty: what every channel name starts with.
+    pub fn head(&self) -> &str {
+        &self.head
+    }
+
     /// `P broadcast:F`.
     pub fn broadcast(&self, facility: &str) -> String {
         format!("{}broadcast:{facility}", self.head)

@@ -2,9 +2,8 @@
 //!
 //! One [`Bus`] per worker owns exactly two Redis connections, whatever the number of sockets:
 //! a fred `SubscriberClient` (every channel any local socket listens to) and a command `Client`
-//! (PUBLISH, SET EX, GET, Lua scripts for presence; also lent to the session store through
-//! [`Bus::commands`]). fred stays
-//! behind this module, so the Redis client can be swapped in one place.
+//! (PUBLISH, SET EX, GET, Lua scripts for history and presence; also lent to the session store
+//! through [`Bus::commands`]). fred stays behind this module, so the Redis client can be swapped in one place.
 //!
 //! Invariants:
 //! - Construction never fails because Redis is down: both clients start with `fail_fast` off and
@@ -16,6 +15,8 @@
 //!   instead of queueing behind a reconnect.
 
 pub mod channels;
+pub mod history;
+mod lua;
 mod payload;
 mod registry;
 mod scripts;
@@ -33,9 +34,10 @@ use fred::types::config::Options;
 use fred::types::config::{Config as RedisConfig, ReconnectPolicy};
 use fred::types::{Builder, Expiration, Value};
 
+pub use history::{HistoryRead, HistoryRule, Position, Retention};
+pub use lua::{Call, Script};
 pub use payload::Payload;
 pub use registry::{BusStats, Delivery, Overflowed, Subscription};
-pub use scripts::{Call, Script};
 
 use crate::config::Config;
 use registry::Registry;
@@ -103,6 +105,16 @@ fn check_scheme(url: &str) -> Result<(), BusError> {
     }
 }
 
+/// Options of a publish: never queued behind a reconnect nor retried.
+fn single_attempt() -> Options {
+    Options {
+        fail_fast: true,
+        max_attempts: Some(1),
+        timeout: Some(COMMAND_TIMEOUT),
+        ..Options::default()
+    }
+}
+
 /// A worker's connection to Redis. Cheap to clone; all clones share the two connections.
 #[derive(Clone)]
 pub struct Bus {
@@ -113,6 +125,7 @@ struct Inner {
     commands: Client,
     subscriber: SubscriberClient,
     registry: Arc<Registry>,
+    scripts: scripts::Scripts,
 }
 
 impl std::fmt::Debug for Bus {
@@ -194,6 +207,7 @@ impl Bus {
                 commands,
                 subscriber,
                 registry,
+                scripts: scripts::Scripts::default(),
             }),
         })
     }
@@ -201,7 +215,13 @@ impl Bus {
     /// Listen to `channels` (duplicates ignored); each message is queued for this subscriber
     /// (bounded by `send_queue`). Dropping the subscription releases the interest.
     pub fn subscribe(&self, channels: &[String]) -> Subscription {
-        self.inner.registry.subscribe(channels)
+        self.inner.registry.subscribe(channels, &[])
+    }
+
+    /// [`Bus::subscribe`], naming each channel's audience label (`broadcast`, `user:U`, …, in
+    /// the same order as `channels`) for the envelope frames shared by its deliveries.
+    pub fn subscribe_labeled(&self, channels: &[String], labels: &[String]) -> Subscription {
+        self.inner.registry.subscribe(channels, labels)
     }
 
     /// PUBLISH `payload` to each channel and, when `expire_secs > 0`, `SET channel payload EX
@@ -225,12 +245,7 @@ impl Bus {
         // must not reach anyone later (fred would otherwise replay it once Redis is back).
         // Options apply per command, so the commands are issued one by one but concurrently:
         // fred pipelines concurrent commands on its one connection, in the order given.
-        let once = self.inner.commands.with_options(&Options {
-            fail_fast: true,
-            max_attempts: Some(1),
-            timeout: Some(COMMAND_TIMEOUT),
-            ..Options::default()
-        });
+        let once = self.inner.commands.with_options(&single_attempt());
         let publishes = channels
             .iter()
             .map(|c| once.publish::<Value, _, _>(c.as_str(), payload.clone()));

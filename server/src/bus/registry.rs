@@ -18,12 +18,14 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Instant;
 
 use tokio::sync::{Notify, mpsc};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::sync::CancellationToken;
 
+use super::history::Position;
 use super::payload::Payload;
 
 /// Counters of one worker's bus; read by the metrics exporter.
@@ -48,8 +50,33 @@ pub struct Delivery {
     pub channel: Arc<str>,
     /// The body.
     pub payload: Payload,
+    /// Its place in the channel's history (history channels only).
+    pub position: Option<Position>,
     /// When the message arrived from Redis (for the fan-out latency).
     pub arrived: Instant,
+    /// Shared by every delivery of this message in this worker.
+    shared: Arc<Shared>,
+}
+
+/// What the deliveries of one message share: the channel's audience label and the envelope
+/// frame, built by the first socket that needs it.
+#[derive(Debug)]
+struct Shared {
+    label: Arc<str>,
+    frame: OnceLock<Utf8Bytes>,
+}
+
+impl Delivery {
+    /// The audience label of the channel (`broadcast`, `user:U`, …), as given at subscribe.
+    pub fn label(&self) -> &str {
+        &self.shared.label
+    }
+
+    /// The message's envelope frame: `build` runs at most once per message and worker, every
+    /// other socket gets a refcount clone.
+    pub fn shared_frame(&self, build: impl FnOnce(&Delivery) -> Utf8Bytes) -> Utf8Bytes {
+        self.shared.frame.get_or_init(|| build(self)).clone()
+    }
 }
 
 struct Local {
@@ -61,6 +88,8 @@ struct Local {
 #[derive(Default)]
 pub(super) struct Entry {
     locals: Vec<Local>,
+    /// The audience label envelope frames name this channel by (the name when not given).
+    label: Option<Arc<str>>,
     /// Whether Redis has confirmed the SUBSCRIBE for this channel.
     pub(super) live: bool,
 }
@@ -96,8 +125,13 @@ impl Registry {
         self.table.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Register local interest in `channels` (duplicates ignored).
-    pub(crate) fn subscribe(self: &Arc<Self>, channels: &[String]) -> Subscription {
+    /// Register local interest in `channels` (duplicates ignored), with their audience labels
+    /// (same order; missing ones default to the channel name).
+    pub(crate) fn subscribe(
+        self: &Arc<Self>,
+        channels: &[String],
+        labels: &[String],
+    ) -> Subscription {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(self.queue_len);
         let overflow = CancellationToken::new();
@@ -105,7 +139,7 @@ impl Registry {
         let mut new = Vec::new();
         {
             let mut table = self.lock();
-            for name in channels {
+            for (i, name) in channels.iter().enumerate() {
                 if keys.iter().any(|k| **k == **name) {
                     continue;
                 }
@@ -119,6 +153,9 @@ impl Registry {
                     }
                 };
                 if let Some(entry) = table.get_mut(&key) {
+                    if entry.label.is_none() {
+                        entry.label = labels.get(i).map(|l| Arc::from(l.as_str()));
+                    }
                     entry.locals.push(Local {
                         id,
                         tx: tx.clone(),
@@ -161,17 +198,29 @@ impl Registry {
     }
 
     /// Fan one Redis message out to the local subscribers of `channel`.
-    pub(crate) fn dispatch(&self, channel: &str, payload: Payload, arrived: Instant) {
+    pub(crate) fn dispatch(
+        &self,
+        channel: &str,
+        payload: Payload,
+        position: Option<Position>,
+        arrived: Instant,
+    ) {
         self.stats.messages.fetch_add(1, Ordering::Relaxed);
         let table = self.lock();
         let Some((key, entry)) = table.get_key_value(channel) else {
             return;
         };
+        let shared = Arc::new(Shared {
+            label: entry.label.clone().unwrap_or_else(|| key.clone()),
+            frame: OnceLock::new(),
+        });
         for local in &entry.locals {
             let delivery = Delivery {
                 channel: key.clone(),
                 payload: payload.clone(),
+                position: position.clone(),
                 arrived,
+                shared: shared.clone(),
             };
             if let Err(mpsc::error::TrySendError::Full(_)) = local.tx.try_send(delivery)
                 && !local.overflow.is_cancelled()
@@ -296,10 +345,10 @@ mod tests {
     #[test]
     fn sync_is_requested_on_first_join_and_last_leave_only() {
         let (reg, mut rx) = Registry::new(4);
-        let a = reg.subscribe(&names(&["x", "y", "x"]));
+        let a = reg.subscribe(&names(&["x", "y", "x"]), &[]);
         assert_eq!(a.channels().len(), 2, "duplicates ignored");
         assert_eq!(drain(&mut rx), ["x", "y"]);
-        let b = reg.subscribe(&names(&["x"]));
+        let b = reg.subscribe(&names(&["x"]), &[]);
         assert!(drain(&mut rx).is_empty(), "x already wanted");
         drop(a);
         assert_eq!(drain(&mut rx), ["y"], "x still has b");
@@ -311,22 +360,23 @@ mod tests {
     #[tokio::test]
     async fn fan_out_shares_the_payload_and_flags_only_the_full_queue() {
         let (reg, _rx) = Registry::new(2);
-        let mut slow = reg.subscribe(&names(&["c"]));
-        let mut fast = reg.subscribe(&names(&["c", "other"]));
+        let mut slow = reg.subscribe(&names(&["c"]), &names(&["broadcast"]));
+        let mut fast = reg.subscribe(&names(&["c", "other"]), &[]);
         let body = Payload::from_bytes(bytes::Bytes::from_static(b"m"));
         for _ in 0..2 {
-            reg.dispatch("c", body.clone(), Instant::now());
+            reg.dispatch("c", body.clone(), None, Instant::now());
             let d = fast.recv().await.unwrap();
             assert_eq!(&*d.channel, "c");
             assert_eq!(d.payload.as_bytes().as_ptr(), body.as_bytes().as_ptr());
+            assert_eq!(d.label(), "broadcast");
         }
         assert!(!slow.is_overflowed());
-        reg.dispatch("c", body.clone(), Instant::now());
+        reg.dispatch("c", body.clone(), None, Instant::now());
         assert!(slow.is_overflowed());
         assert!(!fast.is_overflowed());
         assert_eq!(slow.recv().await.unwrap_err(), Overflowed);
         assert_eq!(reg.stats.overflows.load(Ordering::Relaxed), 1);
-        reg.dispatch("nobody", body, Instant::now());
+        reg.dispatch("nobody", body, None, Instant::now());
         assert_eq!(reg.stats.messages.load(Ordering::Relaxed), 4);
     }
 }

@@ -15,6 +15,7 @@ use fred::clients::SubscriberClient;
 use fred::interfaces::PubsubInterface;
 use tokio::sync::{broadcast, mpsc};
 
+use super::history::split_marker;
 use super::payload::Payload;
 use super::registry::Registry;
 
@@ -32,15 +33,18 @@ pub(crate) async fn run_dispatcher(
         match messages.recv().await {
             Ok(msg) => {
                 let arrived = std::time::Instant::now();
-                let payload = match msg.value {
-                    fred::types::Value::String(s) => Payload::from_bytes(s.into_inner()),
-                    fred::types::Value::Bytes(b) => Payload::Binary(b),
+                let raw = match msg.value {
+                    fred::types::Value::String(s) => s.into_inner(),
+                    fred::types::Value::Bytes(b) => b,
                     other => match other.as_bytes() {
-                        Some(b) => Payload::from_bytes(bytes::Bytes::copy_from_slice(b)),
+                        Some(b) => bytes::Bytes::copy_from_slice(b),
                         None => continue,
                     },
                 };
-                registry.dispatch(&msg.channel, payload, arrived);
+                // History channels carry their position in a marker (docs/protocol.md).
+                let (position, body) = split_marker(raw);
+                let payload = Payload::from_bytes(body);
+                registry.dispatch(&msg.channel, payload, position, arrived);
             }
             Err(RecvError::Lagged(n)) => {
                 registry.stats.lagged.fetch_add(n, Ordering::Relaxed);

@@ -242,7 +242,12 @@ async fn publish(app: &App, p: Publish) -> Result<Response, ApiError> {
     let expire = p.expire.unwrap_or(app.config.expire);
     let receivers = app
         .bus
-        .publish(&channels, Bytes::from(p.message), expire)
+        .publish_with(
+            &channels,
+            Bytes::from(p.message),
+            expire,
+            app.config.history_for(&p.facility),
+        )
         .await?;
     app.slot
         .published

@@ -215,7 +215,7 @@ pub fn render(pool: &str, slots: &Slots, master: &MasterStats, live: &[LiveWorke
         GAUGE,
         vec![gauge(&pool_l, sum(slots, |s| &s.presence_entries))],
     ));
-    let plain: [(&str, &str, Field); 8] = [
+    let plain: [(&str, &str, Field); 12] = [
         (
             "client_messages_total",
             "Messages received from websocket clients.",
@@ -253,6 +253,26 @@ pub fn render(pool: &str, slots: &Slots, master: &MasterStats, live: &[LiveWorke
             "login_throttled_total",
             "Logins refused without a password check after too many failures.",
             |s| &s.login_throttled,
+        ),
+        (
+            "ws_recovered_messages_total",
+            "Missed messages sent to envelope sockets while recovering their position.",
+            |s| &s.recovered,
+        ),
+        (
+            "ws_recovery_failed_total",
+            "recovery_failed frames sent: the history could not fill a gap.",
+            |s| &s.recovery_failed,
+        ),
+        (
+            "ws_gaps_filled_total",
+            "Live gaps (lost pub/sub messages) filled from the history.",
+            |s| &s.gaps_filled,
+        ),
+        (
+            "ws_recover_ignored_total",
+            "Entries of recover parameters ignored (malformed or unknown channel).",
+            |s| &s.recover_ignored,
         ),
     ];
     for (name, help, f) in plain {

@@ -116,6 +116,14 @@ pub struct Slot {
     pub login_failures: AtomicU64,
     /// Logins refused without a password check because of too many failures.
     pub login_throttled: AtomicU64,
+    /// Missed messages sent to envelope sockets while recovering their position.
+    pub recovered: AtomicU64,
+    /// `recovery_failed` frames sent.
+    pub recovery_failed: AtomicU64,
+    /// Live gaps filled from the history.
+    pub gaps_filled: AtomicU64,
+    /// `recover` entries ignored (malformed or unknown).
+    pub recover_ignored: AtomicU64,
     /// Gauge: presence entries this worker holds (one per socket and channel).
     pub presence_entries: AtomicU64,
     /// Presence writes (join, refresh, leave, sweep) that Redis did not do.

@@ -198,6 +198,10 @@ impl App {
             load(&b.reconnects),
             load(&s.fanout.count),
             load(&s.fanout.sum_ns),
+            load(&s.recovered),
+            load(&s.recovery_failed),
+            load(&s.gaps_filled),
+            load(&s.recover_ignored),
             load(&self.presence.stats().errors),
         ];
         now.extend(s.fanout.buckets.iter().map(load));
@@ -224,12 +228,16 @@ impl App {
         add(&slot.redis_reconnects, delta[7]);
         add(&slot.fanout_latency.count, delta[8]);
         add(&slot.fanout_latency.sum_ns, delta[9]);
-        add(&slot.presence_errors, delta[10]);
+        add(&slot.recovered, delta[10]);
+        add(&slot.recovery_failed, delta[11]);
+        add(&slot.gaps_filled, delta[12]);
+        add(&slot.recover_ignored, delta[13]);
+        add(&slot.presence_errors, delta[14]);
         for (bucket, d) in slot
             .fanout_latency
             .buckets
             .iter()
-            .zip(&delta[11..closes_at])
+            .zip(&delta[15..closes_at])
         {
             add(bucket, *d);
         }

@@ -16,8 +16,10 @@
 
 mod close;
 mod echo;
+pub mod envelope;
 pub mod flags;
 pub mod handshake;
+mod recovery;
 pub mod session;
 pub mod settings;
 pub mod stats;
@@ -25,6 +27,7 @@ mod upgrade;
 
 pub use crate::bus::channels::{ChannelError, Channels, Identity, Namer};
 pub use flags::Flags;
+pub use recovery::EnvelopeCtx;
 pub use session::{SessionCtx, run};
 pub use settings::{Settings, websocket_config};
 pub use stats::{CloseReason, Stats};

@@ -30,10 +30,13 @@ use tokio_util::sync::CancellationToken;
 
 use super::close::{End, finish};
 use super::echo::EchoFilter;
+use super::recovery::{EnvelopeCtx, Tracker};
 use super::settings::Settings;
 use super::stats::{CloseReason, Stats};
 use crate::bus::channels::Channels;
-use crate::bus::{Bus, BusError, Delivery, Overflowed, Payload, Subscription};
+use crate::bus::{Bus, BusError, Delivery, Overflowed, Payload, Retention, Subscription};
+
+mod envelope_io;
 
 /// Most queued messages written with one flush.
 const MAX_BATCH: usize = 64;
@@ -51,6 +54,10 @@ pub struct SessionCtx {
     pub settings: Arc<Settings>,
     /// The worker's socket counters.
     pub stats: Arc<Stats>,
+    /// What history the socket's facility keeps; publishes go through it.
+    pub history: Option<Retention>,
+    /// `Some` when the client opted in to the `wsredis.v1` envelope dialect.
+    pub envelope: Option<EnvelopeCtx>,
     /// The socket's place in presence (None: its facility keeps none).
     pub presence: Option<crate::presence::Member>,
 }
@@ -79,13 +86,20 @@ struct Session {
     shutdown: CancellationToken,
     sub: Subscription,
     echo: EchoFilter,
+    /// Last position sent per history channel (envelope sockets).
+    tracker: Tracker,
     /// Last time any frame arrived from the client.
     last_seen: Instant,
 }
 
 impl Session {
     fn new(ctx: SessionCtx, shutdown: CancellationToken) -> Self {
-        let sub = ctx.bus.subscribe(&ctx.channels.subscribe);
+        let sub = match &ctx.envelope {
+            Some(env) => ctx
+                .bus
+                .subscribe_labeled(&ctx.channels.subscribe, &env.labels),
+            None => ctx.bus.subscribe(&ctx.channels.subscribe),
+        };
         let echo = if ctx.echo {
             EchoFilter::default()
         } else {
@@ -96,6 +110,7 @@ impl Session {
             shutdown,
             sub,
             echo,
+            tracker: Tracker::default(),
             last_seen: Instant::now(),
         }
     }
@@ -104,7 +119,11 @@ impl Session {
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
-        if let Err(end) = self.replay(ws).await {
+        let started = match self.ctx.envelope.clone() {
+            Some(env) => self.resume(ws, &env).await,
+            None => self.replay(ws).await,
+        };
+        if let Err(end) = started {
             return end;
         }
         let settings = self.ctx.settings.clone();
@@ -210,7 +229,12 @@ impl Session {
         match self
             .ctx
             .bus
-            .publish(&self.ctx.channels.publish, body.clone(), expire)
+            .publish_with(
+                &self.ctx.channels.publish,
+                body.clone(),
+                expire,
+                self.ctx.history,
+            )
             .await
         {
             Ok(_) => {
@@ -234,6 +258,9 @@ impl Session {
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
+        if self.ctx.envelope.is_some() {
+            return self.deliver_envelope(ws, first).await;
+        }
         let mut arrivals = vec![first.arrived];
         let first = self.admit(first);
         if first.is_none() {

@@ -86,6 +86,14 @@ pub struct Stats {
     pub too_large: AtomicU64,
     /// Heartbeats sent.
     pub heartbeats: AtomicU64,
+    /// Missed messages sent to envelope sockets while recovering their position.
+    pub recovered: AtomicU64,
+    /// `recovery_failed` frames sent (on connect or for a live gap).
+    pub recovery_failed: AtomicU64,
+    /// Live gaps (lost pub/sub messages) filled from the history.
+    pub gaps_filled: AtomicU64,
+    /// `recover` entries ignored: malformed, or for a channel the socket does not keep history of.
+    pub recover_ignored: AtomicU64,
     /// From a message's arrival from Redis to its write to this worker's sockets.
     pub fanout: crate::metrics::Hist,
 }

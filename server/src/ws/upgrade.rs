@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use http::header::{CONNECTION, SEC_WEBSOCKET_ACCEPT, UPGRADE};
+use http::header::{CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_PROTOCOL, UPGRADE};
 use http::{HeaderValue, StatusCode};
 use hyper::Request;
 use hyper::body::Incoming;
@@ -17,7 +17,9 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::Role;
 
 use super::handshake::{self, HandshakeError};
-use super::{ChannelError, Flags, Identity, SessionCtx, flags, websocket_config};
+use super::{
+    ChannelError, EnvelopeCtx, Flags, Identity, SessionCtx, envelope, flags, websocket_config,
+};
 use crate::auth::django::{Django, DjangoError};
 use crate::auth::{cookie, session};
 use crate::http::response::{self, Response};
@@ -29,6 +31,7 @@ use crate::worker::state::Gauge;
 pub async fn upgrade(app: Arc<App>, mut req: Request<Incoming>, _peer: Peer) -> Response {
     match prepare(&app, &req).await {
         Ok((accept, ctx)) => {
+            let envelope = ctx.envelope.is_some();
             let on_upgrade = hyper::upgrade::on(&mut req);
             let gauge = Gauge::enter(&app, |s| &s.ws_open);
             let app2 = app.clone();
@@ -49,7 +52,7 @@ pub async fn upgrade(app: Arc<App>, mut req: Request<Incoming>, _peer: Peer) -> 
                     Err(e) => tracing::debug!(error = %e, "upgrade failed"),
                 }
             });
-            switching_protocols(&accept)
+            switching_protocols(&accept, envelope)
         }
         Err(e) => {
             app.slot.ws_refused.fetch_add(1, Ordering::Relaxed);
@@ -88,6 +91,16 @@ async fn prepare(
             other => HandshakeError::BadRequest(other.to_string()),
         })?;
     let presence = app.presence.member(&facility, &identity, flags.subscribe());
+    // The envelope dialect only when the client offers it: everyone else gets ws4redis.
+    let envelope = envelope::offered(req.headers()).then(|| {
+        let recover = envelope::parse_recover(req.uri().query().unwrap_or(""));
+        let labels = channels
+            .subscribe
+            .iter()
+            .map(|name| envelope::label(app.namer.head(), &facility, name))
+            .collect();
+        EnvelopeCtx { labels, recover }
+    });
     let ctx = SessionCtx {
         presence,
         bus: app.bus.clone(),
@@ -95,6 +108,8 @@ async fn prepare(
         echo: flags.echo,
         settings: app.ws_settings.clone(),
         stats: app.ws_stats.clone(),
+        history: app.config.history_for(&facility),
+        envelope,
     };
     Ok((accept, ctx))
 }
@@ -158,7 +173,7 @@ async fn identify_django(
     }
 }
 
-fn switching_protocols(accept: &str) -> Response {
+fn switching_protocols(accept: &str, envelope: bool) -> Response {
     let mut r = response::text(StatusCode::SWITCHING_PROTOCOLS, "");
     let h = r.headers_mut();
     h.remove(http::header::CONTENT_TYPE);
@@ -166,6 +181,12 @@ fn switching_protocols(accept: &str) -> Response {
     h.insert(UPGRADE, HeaderValue::from_static("websocket"));
     if let Ok(v) = HeaderValue::from_str(accept) {
         h.insert(SEC_WEBSOCKET_ACCEPT, v);
+    }
+    if envelope {
+        h.insert(
+            SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static(envelope::SUBPROTOCOL),
+        );
     }
     r
 }

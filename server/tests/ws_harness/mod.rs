@@ -246,6 +246,8 @@ impl Host {
             settings: self.settings.clone(),
             stats: self.stats.clone(),
             presence: None,
+            history: None,
+            envelope: None,
         };
         wsredis::ws::run(ws, ctx, self.shutdown.clone()).await;
     }

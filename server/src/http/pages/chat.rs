@@ -190,7 +190,12 @@ pub(super) async fn send(
     };
     let payload = Bytes::from(format!("{}: {text}", sender.username));
     app.bus
-        .publish(&[channel], payload, app.config.expire)
+        .publish_with(
+            &[channel],
+            payload,
+            app.config.expire,
+            app.config.history_for(FACILITY),
+        )
         .await?;
     Ok(response::text(StatusCode::OK, "OK"))
 }
