@@ -341,3 +341,112 @@ async fn presence_can_be_limited_to_some_facilities() {
         "nothing written"
     );
 }
+
+/// Open `/ws/chat?FLAGS` offering `wsredis.v1`, with a session cookie when given.
+async fn open_envelope(base: &str, flags: &str, session: Option<&str>) -> Ws {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = format!("ws://{base}/ws/chat?{flags}")
+        .into_client_request()
+        .unwrap();
+    let h = req.headers_mut();
+    h.insert("sec-websocket-protocol", "wsredis.v1".parse().unwrap());
+    if let Some(s) = session {
+        h.insert("cookie", format!("sessionid={s}").parse().unwrap());
+    }
+    let (ws, resp) = tokio_tungstenite::connect_async(req).await.unwrap();
+    assert_eq!(
+        resp.headers()
+            .get("sec-websocket-protocol")
+            .and_then(|v| v.to_str().ok()),
+        Some("wsredis.v1")
+    );
+    ws
+}
+
+/// The next envelope frame whose type is one of `types` (others, e.g. replays, skipped).
+async fn next_of(ws: &mut Ws, types: &[&str]) -> Option<Value> {
+    loop {
+        let text = common::ws::next_text(ws).await?;
+        let v: Value = serde_json::from_str(&text).unwrap();
+        if types.iter().any(|t| v["type"] == *t) {
+            return Some(v);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envelope_sockets_get_a_snapshot_then_coalesced_joins_and_leaves() {
+    let db = Database::with_fixtures();
+    let server = serve(&db, "127.0.0.1", None, &FAST);
+    let base = server.base();
+    let (john, mary) = (login(&base, "john").await, login(&base, "mary").await);
+    let plain = open(&base, "subscribe-broadcast", Some(&mary)).await;
+    // Wait until mary's plain socket is in presence, so john's snapshot holds her.
+    until(&base, |ch| users(ch, "broadcast") == set(&["mary"])).await;
+
+    let mut watch = open_envelope(&base, "subscribe-broadcast&subscribe-user", Some(&john)).await;
+    let mut snapshots = Vec::new();
+    for _ in 0..2 {
+        snapshots.push(
+            next_of(&mut watch, &["presence"])
+                .await
+                .expect("a snapshot"),
+        );
+    }
+    snapshots.sort_by_key(|v| v["ch"].as_str().unwrap_or_default().to_owned());
+    assert_eq!(
+        snapshots,
+        [
+            serde_json::json!({"type": "presence", "ch": "broadcast", "users": ["john", "mary"], "anonymous": 0}),
+            serde_json::json!({"type": "presence", "ch": "user:john", "users": ["john"], "anonymous": 0}),
+        ]
+    );
+    // A john join on broadcast may race the snapshot (documented); skip past it.
+    let presence_events = ["join", "leave"];
+
+    // Mary opens two more tabs: one join at most (she is already there: none at all).
+    let tab1 = open(&base, "subscribe-broadcast", Some(&mary)).await;
+    let tab2 = open(&base, "subscribe-broadcast", Some(&mary)).await;
+    // An anonymous socket: a join with user null and the anonymous count.
+    let anon = open(&base, "subscribe-broadcast", None).await;
+    let ev = loop {
+        let ev = next_of(&mut watch, &presence_events)
+            .await
+            .expect("an event");
+        if ev["user"] != "john" {
+            break ev;
+        }
+    };
+    assert_eq!(
+        ev,
+        serde_json::json!({"type": "join", "ch": "broadcast", "user": null, "anonymous": 1}),
+        "mary's extra tabs are no news; the anonymous socket is"
+    );
+    close(anon).await;
+    let ev = next_of(&mut watch, &presence_events)
+        .await
+        .expect("an event");
+    assert_eq!(
+        ev,
+        serde_json::json!({"type": "leave", "ch": "broadcast", "user": null, "anonymous": 0})
+    );
+    // Mary closes all three: one leave, after the last.
+    close(tab1).await;
+    close(tab2).await;
+    close(plain).await;
+    let ev = next_of(&mut watch, &presence_events)
+        .await
+        .expect("a leave");
+    assert_eq!(
+        ev,
+        serde_json::json!({"type": "leave", "ch": "broadcast", "user": "mary"})
+    );
+    // Plain ws4redis sockets never see presence: a fresh one stays silent through a join.
+    let mut plain = open(&base, "subscribe-broadcast", Some(&john)).await;
+    let _other = open(&base, "subscribe-broadcast", Some(&mary)).await;
+    let ev = next_of(&mut watch, &presence_events)
+        .await
+        .expect("mary's join");
+    assert_eq!(ev["user"], "mary");
+    assert!(common::ws::silent(&mut plain, Duration::from_millis(500)).await);
+}

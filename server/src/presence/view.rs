@@ -1,5 +1,5 @@
 //! What presence looks like to readers: the users hash of one channel turned into distinct
-//! names and counts, and the JSON of the API and of the envelope's `presence` frame.
+//! names and counts, and the JSON of the API.
 //!
 //! Invariant: a session channel (label `session`) is shown as a connection count only; its
 //! entries are per session key and the key never leaves the server.
@@ -56,17 +56,6 @@ impl Counts {
             json!({ "users": self.users, "anonymous": self.anonymous })
         }
     }
-
-    /// The envelope's `presence` frame for channel `label`.
-    pub fn to_frame(&self, label: &str) -> String {
-        json!({
-            "type": "presence",
-            "ch": label,
-            "users": self.users,
-            "anonymous": self.anonymous,
-        })
-        .to_string()
-    }
 }
 
 #[cfg(test)]
@@ -100,10 +89,5 @@ mod tests {
     fn session_channels_show_a_count_only() {
         let c = Counts::from_flat(&flat(&["alice", "2"]));
         assert_eq!(c.to_json(SESSION_LABEL), json!({"connections": 2}));
-        let frame: Value = serde_json::from_str(&c.to_frame("user:alice")).unwrap();
-        assert_eq!(
-            frame,
-            json!({"type": "presence", "ch": "user:alice", "users": ["alice"], "anonymous": 0})
-        );
     }
 }

@@ -45,8 +45,6 @@ pub async fn upgrade(app: Arc<App>, mut req: Request<Incoming>, _peer: Peer) -> 
                             Some(websocket_config(&app2.config)),
                         )
                         .await;
-                        // Leaves when the session ends, whichever way (guard drop).
-                        let _present = ctx.presence.as_ref().map(|m| m.join());
                         super::run(ws, ctx, app2.shutdown.clone()).await;
                     }
                     Err(e) => tracing::debug!(error = %e, "upgrade failed"),
