@@ -24,6 +24,10 @@ HTTP_WORKERS=${HTTP_WORKERS:-2}
 WS_WORKERS=${WS_WORKERS:-2}
 FIXTURES=${FIXTURES:-$ROOT/fixtures/data.json}
 STATIC_ROOT=${STATIC_ROOT:-$ROOT/server/static}
+# History of the chat facility, for both pools: the HTTP pool publishes (user and group chat)
+# through it, the websocket pool recovers from it (docs/protocol.md); empty = off.
+export WSREDIS_HISTORY=${WSREDIS_HISTORY-chat=100:3600}
+[ -n "$WSREDIS_HISTORY" ] || unset WSREDIS_HISTORY
 RUN="$VAR/run"
 NG="$VAR/nginx"
 

@@ -15,6 +15,9 @@ WORKERS=${WORKERS:-$(nproc)}
 REDIS_PORT=${REDIS_PORT:-6399}
 HEARTBEAT=${WSREDIS_HEARTBEAT:---heartbeat--}
 export WSREDIS_DATABASE_URL=${WSREDIS_DATABASE_URL:-sqlite://var/wsredis.sqlite3}
+# The chat pages recover what they missed while disconnected (docs/protocol.md); empty = off.
+export WSREDIS_HISTORY=${WSREDIS_HISTORY-chat=100:3600}
+[ -n "$WSREDIS_HISTORY" ] || unset WSREDIS_HISTORY
 mkdir -p var
 
 redis_pid=""

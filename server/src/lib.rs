@@ -11,7 +11,8 @@
 //! - [`http`]: routing by mode, health, responses and status mapping, trusted forwarded headers.
 //! - [`ws`]: the handshake, ws4redis flags, tungstenite settings, one socket's session loop.
 //! - [`bus`]: the per-worker Redis connections (one subscriber, one command client), channel
-//!   names, and the fan-out of Redis messages to local sockets.
+//!   names, the fan-out of Redis messages to local sockets, and channel history (streams kept
+//!   by one Lua script per publish; docs/protocol.md).
 //! - [`presence`]: who is connected per facility and channel, kept in Redis by every worker,
 //!   with join/leave events; entries of dead workers expire.
 //! - [`auth`]: password hashes, login, sessions in Redis, CSRF, cookies, form bodies.

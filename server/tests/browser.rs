@@ -182,7 +182,13 @@ async fn screenshot(client: &Client, name: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chat_in_two_browsers() {
     let db = Database::with_fixtures();
-    let server = db.serve(&["--workers", "3", "--heartbeat=--heartbeat--"]);
+    let server = db.serve(&[
+        "--workers",
+        "3",
+        "--heartbeat=--heartbeat--",
+        "--history",
+        "chat=100:600",
+    ]);
     let base = format!("http://{}", server.base());
     let driver = Driver::start();
     let admin = driver.browser("admin").await;
@@ -284,6 +290,25 @@ async fn scenario(
     };
     let old = server.worker_pids();
     server.signal(nix::sys::signal::Signal::SIGHUP);
+    // Published to erin (on /userchat/) while the pages lose their sockets: recovered from the
+    // history on reconnect (or delivered live), shown exactly once either way.
+    let redis_url = server.redis.as_ref().map(|r| r.url()).unwrap_or_default();
+    let bus = wsredis::bus::Bus::connect_url(&redis_url, 4)
+        .await
+        .map_err(|e| e.to_string())?;
+    let history = Some(wsredis::bus::Retention {
+        size: 100,
+        ttl_secs: 600,
+    });
+    bus.publish_with(
+        &["user:erin:chat".to_owned()],
+        "server: during the reload".into(),
+        3600,
+        history,
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    bus.quit().await;
     let replaced = common::eventually(Duration::from_secs(30), || {
         let now = server.worker_pids();
         now.len() == old.len() && now.iter().all(|p| !old.contains(p))
@@ -297,6 +322,18 @@ async fn scenario(
         return Err("erin's page did not reconnect after the reload".into());
     }
     connected(erin).await;
+    let board = erin
+        .find(Locator::Css("#billboard"))
+        .await
+        .map_err(|e| e.to_string())?
+        .text()
+        .await
+        .map_err(|e| e.to_string())?;
+    if board.matches("server: during the reload").count() != 1 {
+        return Err(format!(
+            "the message published during the reload is not shown exactly once: {board}"
+        ));
+    }
     Ok(())
 }
 
@@ -431,4 +468,103 @@ setTimeout(() => {
   c.close();
   done({ events, sockets: all.length, sent: all[0].sent, bounds });
 }, 900);
+"#;
+
+/// The JS client's envelope mode, in the browser, against a fake `WebSocket`: it offers
+/// wsredis.v1, hands the body to receive_message, tracks the position per channel, sends it as
+/// `recover=` on reconnect and calls onRecoveryFailed / onEvent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn js_client_tracks_positions_and_recovers() {
+    let db = Database::with_fixtures();
+    let server = db.serve(&["--workers", "1"]);
+    let driver = Driver::start();
+    let browser = driver.browser("client-envelope").await;
+    browser
+        .goto(&format!("http://{}/chat/", server.base()))
+        .await
+        .unwrap();
+    let result = browser
+        .execute_async(JS_ENVELOPE_CHECK, Vec::new())
+        .await
+        .expect("the script ran");
+    let _ = browser.close().await;
+    let events: Vec<&str> = result["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        events,
+        [
+            "msg:first",
+            "event:join",
+            "closed",
+            "failed:broadcast:f:0",
+            "msg:second"
+        ],
+        "{result}"
+    );
+    assert_eq!(result["protocols"][0], "wsredis.v1", "{result}");
+    assert_eq!(
+        result["urls"][0],
+        "ws://example.invalid/ws/t?subscribe-broadcast"
+    );
+    let second = result["urls"][1].as_str().unwrap();
+    let recover = second
+        .split_once("&recover=")
+        .map(|(_, r)| {
+            percent_encoding::percent_decode_str(r)
+                .decode_utf8_lossy()
+                .into_owned()
+        })
+        .unwrap_or_else(|| panic!("no recover on reconnect: {second}"));
+    let recover: serde_json::Value = serde_json::from_str(&recover).unwrap();
+    assert_eq!(
+        recover,
+        serde_json::json!({"broadcast": {"epoch": "e", "offset": 5}})
+    );
+    assert_eq!(
+        result["positions"],
+        serde_json::json!({"broadcast": {"epoch": "f", "offset": 1}})
+    );
+}
+
+/// Runs in the page: a fake `WebSocket` that selects wsredis.v1 and plays envelope frames.
+const JS_ENVELOPE_CHECK: &str = r#"
+const done = arguments[arguments.length - 1];
+const events = [];
+const all = [];
+class Fake {
+  constructor(url, protocols) {
+    this.url = url; this.protocols = protocols; this.readyState = 0; all.push(this);
+    this.protocol = protocols && protocols[0] === 'wsredis.v1' ? 'wsredis.v1' : '';
+    setTimeout(() => { this.readyState = 1; if (this.onopen) this.onopen(); }, 5);
+  }
+  send() {}
+  close() { this.readyState = 3; }
+}
+const real = window.WebSocket;
+window.WebSocket = Fake;
+const c = WSRedis({
+  uri: 'ws://example.invalid/ws/t?subscribe-broadcast', envelope: true,
+  backoff_base: 10, backoff_max: 20,
+  receive_message: (m) => events.push('msg:' + m),
+  disconnected: () => events.push('closed'),
+  onRecoveryFailed: (f) => events.push('failed:' + f.ch + ':' + f.epoch + ':' + f.offset),
+  onEvent: (f) => events.push('event:' + f.type)
+});
+const frame = (o) => ({ data: JSON.stringify(o) });
+setTimeout(() => {
+  all[0].onmessage(frame({type: 'message', ch: 'broadcast', data: 'first', offset: 5, epoch: 'e'}));
+  all[0].onmessage(frame({type: 'join', ch: 'broadcast', user: 'erin'}));
+  all[0].onclose({ code: 1006 });
+}, 30);
+setTimeout(() => {
+  all[1].onmessage(frame({type: 'recovery_failed', ch: 'broadcast', epoch: 'f', offset: 0}));
+  all[1].onmessage(frame({type: 'message', ch: 'broadcast', data: 'second', offset: 1, epoch: 'f'}));
+  window.WebSocket = real;
+  c.close();
+  done({ events, urls: all.map((s) => s.url), protocols: all[0].protocols, positions: c.positions() });
+}, 200);
 "#;

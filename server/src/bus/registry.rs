@@ -376,7 +376,30 @@ mod tests {
         assert!(!fast.is_overflowed());
         assert_eq!(slow.recv().await.unwrap_err(), Overflowed);
         assert_eq!(reg.stats.overflows.load(Ordering::Relaxed), 1);
-        reg.dispatch("nobody", body, None, Instant::now());
+        reg.dispatch("nobody", body.clone(), None, Instant::now());
         assert_eq!(reg.stats.messages.load(Ordering::Relaxed), 4);
+    }
+
+    #[tokio::test]
+    async fn the_envelope_frame_is_built_once_per_message() {
+        let (reg, _rx) = Registry::new(4);
+        let mut a = reg.subscribe(&names(&["c"]), &names(&["broadcast"]));
+        let mut b = reg.subscribe(&names(&["c"]), &[]);
+        let body = Payload::from_bytes(bytes::Bytes::from_static(b"m"));
+        reg.dispatch("c", body, None, Instant::now());
+        let (da, db) = (a.recv().await.unwrap(), b.recv().await.unwrap());
+        let built = AtomicU64::new(0);
+        let build = |d: &Delivery| {
+            built.fetch_add(1, Ordering::Relaxed);
+            Utf8Bytes::from(format!("{}:{}", d.label(), d.payload.len()))
+        };
+        let (fa, fb) = (da.shared_frame(build), db.shared_frame(build));
+        assert_eq!(built.load(Ordering::Relaxed), 1);
+        assert_eq!(fa.as_str(), "broadcast:1");
+        assert_eq!(
+            fa.as_str().as_ptr(),
+            fb.as_str().as_ptr(),
+            "one buffer, shared"
+        );
     }
 }

@@ -3,7 +3,8 @@
 //!
 //! - `POST /api/publish` with a JSON body `{"facility", "broadcast", "users", "groups",
 //!   "sessions", "message", "expire"}` publishes `message` to each named channel (and stores
-//!   it for replay unless `expire` is 0), exactly as a ws4redis `RedisPublisher` would.
+//!   it for replay unless `expire` is 0), exactly as a ws4redis `RedisPublisher` would; on a
+//!   facility with `--history` the message also enters the channel's history.
 //! - `GET /api/messages/{facility}?broadcast&user=U&group=G&session=S` returns what is stored
 //!   on those channels, like `RedisPublisher.fetch_message`.
 //!

@@ -246,6 +246,19 @@ mod tests {
     }
 
     #[test]
+    fn only_an_offer_of_wsredis_v1_selects_it() {
+        let offer = |v: &str| {
+            let mut h = http::HeaderMap::new();
+            h.insert(http::header::SEC_WEBSOCKET_PROTOCOL, v.parse().unwrap());
+            offered(&h)
+        };
+        assert!(offer("wsredis.v1"));
+        assert!(offer("chat, wsredis.v1"));
+        assert!(!offer("wsredis.v2"));
+        assert!(!offered(&http::HeaderMap::new()));
+    }
+
+    #[test]
     fn labels_hide_the_session_key() {
         assert_eq!(label("", "chat", "broadcast:chat"), "broadcast");
         assert_eq!(label("p:", "chat", "p:user:al:ice:chat"), "user:al:ice");

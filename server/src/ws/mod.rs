@@ -13,6 +13,10 @@
 //! and after the upgrade builds
 //! `WebSocketStream::from_raw_socket(io, Role::Server, Some(websocket_config(&config)))` and
 //! runs [`session::run`] with a [`SessionCtx`] and the worker's shutdown token.
+//!
+//! A client that offers the `wsredis.v1` subprotocol ([`envelope`]) gets JSON envelopes with
+//! history positions and recovery (docs/protocol.md) through [`EnvelopeCtx`]; everyone else
+//! gets the ws4redis frames.
 
 mod close;
 mod echo;

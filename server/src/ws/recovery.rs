@@ -13,6 +13,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use super::envelope::{self, RecoverRequest};
@@ -80,34 +81,37 @@ pub(super) fn resume(
         let (frames, _, outcome) = failed(origin());
         return (frames, None, outcome);
     };
+    // A client at the origin (it was told the channel had no history) has missed nothing of an
+    // epoch that started since: that whole epoch is new to it.
+    let at_origin = req.epoch.is_empty() && req.offset == 0;
     let Some(current) = read.position.clone() else {
+        if at_origin {
+            let here = origin();
+            return (
+                vec![envelope::recovered(ch, &here, 0)],
+                Some(here),
+                Resumed::Recovered(0),
+            );
+        }
         return failed(origin());
+    };
+    let adopted;
+    let req = if at_origin {
+        adopted = Position {
+            epoch: current.epoch.clone(),
+            offset: 0,
+        };
+        &adopted
+    } else {
+        req
     };
     if current.epoch != req.epoch || req.offset > current.offset {
         return failed(current);
     }
-    let missed: Vec<&(u64, bytes::Bytes)> = read
-        .entries
-        .iter()
-        .filter(|(off, _)| *off > req.offset && *off <= current.offset)
-        .collect();
-    let contiguous = missed
-        .iter()
-        .enumerate()
-        .all(|(i, (off, _))| *off == req.offset + 1 + i as u64);
-    if !contiguous || req.offset + missed.len() as u64 != current.offset {
+    let Some(missed) = run(&read.entries, req.offset, current.offset) else {
         return failed(current);
-    }
-    let mut frames: Vec<Utf8Bytes> = missed
-        .iter()
-        .map(|(off, body)| {
-            let at = Position {
-                epoch: current.epoch.clone(),
-                offset: *off,
-            };
-            envelope::message(ch, body, Some(&at))
-        })
-        .collect();
+    };
+    let mut frames = messages(ch, &current.epoch, &missed);
     let n = frames.len() as u64;
     frames.push(envelope::recovered(ch, &current, n));
     (frames, Some(current), Resumed::Recovered(n))
@@ -180,45 +184,51 @@ pub(super) fn fill(
     pos: &Position,
     read: Option<&HistoryRead>,
 ) -> (Vec<Utf8Bytes>, bool) {
-    let missing = pos.offset.saturating_sub(after + 1);
-    let entries: Vec<&(u64, bytes::Bytes)> = read
+    let missing = read
         .filter(|r| r.position.as_ref().is_some_and(|c| c.epoch == pos.epoch))
-        .map(|r| {
-            r.entries
-                .iter()
-                .filter(|(off, _)| *off > after && *off < pos.offset)
-                .collect()
-        })
-        .unwrap_or_default();
-    let complete = entries.len() as u64 == missing
-        && entries
+        .and_then(|r| run(&r.entries, after, pos.offset.saturating_sub(1)));
+    match missing {
+        Some(entries) => (messages(ch, &pos.epoch, &entries), true),
+        None => {
+            let before = Position {
+                epoch: pos.epoch.clone(),
+                offset: pos.offset.saturating_sub(1),
+            };
+            (vec![envelope::recovery_failed(ch, &before)], false)
+        }
+    }
+}
+
+/// The entries with offsets `after + 1 ..= upto`, when the history holds every one of them.
+fn run(entries: &[(u64, Bytes)], after: u64, upto: u64) -> Option<Vec<&(u64, Bytes)>> {
+    let run: Vec<&(u64, Bytes)> = entries
+        .iter()
+        .filter(|(off, _)| *off > after && *off <= upto)
+        .collect();
+    let complete = after + run.len() as u64 == upto
+        && run
             .iter()
             .enumerate()
             .all(|(i, (off, _))| *off == after + 1 + i as u64);
-    if !complete {
-        let before = Position {
-            epoch: pos.epoch.clone(),
-            offset: pos.offset - 1,
-        };
-        return (vec![envelope::recovery_failed(ch, &before)], false);
-    }
-    let frames = entries
+    complete.then_some(run)
+}
+
+/// `message` frames for history entries of `epoch`.
+fn messages(ch: &str, epoch: &Arc<str>, entries: &[&(u64, Bytes)]) -> Vec<Utf8Bytes> {
+    entries
         .iter()
         .map(|(off, body)| {
             let at = Position {
-                epoch: pos.epoch.clone(),
+                epoch: epoch.clone(),
                 offset: *off,
             };
             envelope::message(ch, body, Some(&at))
         })
-        .collect();
-    (frames, true)
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
-    use bytes::Bytes;
-
     use super::*;
 
     fn pos(e: &str, o: u64) -> Position {
@@ -290,6 +300,22 @@ mod tests {
             (types(&frames), at, out),
             (vec!["recovery_failed0".into()], None, Resumed::Failed)
         );
+    }
+
+    #[test]
+    fn a_client_at_the_origin_gets_the_whole_new_epoch() {
+        let r = read(Some("n"), 2, &[1, 2]);
+        let (frames, at, out) = resume("b", Some(&origin()), Some(&r), true);
+        assert_eq!(types(&frames), ["message1", "message2", "recovered2"]);
+        assert_eq!((at, out), (Some(pos("n", 2)), Resumed::Recovered(2)));
+        let (frames, at, _) = resume("b", Some(&origin()), Some(&read(None, 0, &[])), true);
+        assert_eq!(
+            (types(&frames), at),
+            (vec!["recovered0".into()], Some(origin()))
+        );
+        let trimmed = read(Some("n"), 300, &[200]);
+        let (_, _, out) = resume("b", Some(&origin()), Some(&trimmed), true);
+        assert_eq!(out, Resumed::Failed);
     }
 
     #[test]

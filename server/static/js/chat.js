@@ -7,10 +7,12 @@
  *   data-target: the form field naming the recipient ("user" or "group"), with #target;
  *   data-username: who is typing (shown in front of broadcast messages);
  *   data-csrf: the CSRF token for POSTs.
- * #online's data-presence is the presence API of the facility (empty: no presence); the page
- * polls it every PRESENCE_POLL_MS and right after its socket (re)connects, and lists the users
- * of every channel it may see (GET /api/presence answers a session with its own audiences
- * only, and anonymous visitors with 403).
+ * #online's data-presence is the presence API of the facility (empty: no presence). The page
+ * lists the users of every channel it may see (GET /api/presence answers a session with its
+ * own audiences only, and anonymous visitors with 403): read when the socket (re)connects,
+ * again right after each presence/join/leave frame on the socket (so joins and leaves show at
+ * once), and every PRESENCE_POLL_MS for what the socket does not hear about (channels it does
+ * not subscribe to, anonymous visitors).
  * Messages and names are added as text, never as HTML.
  */
 (function () {
@@ -31,9 +33,9 @@
     chat.setAttribute('data-state', state);
   }
 
-  function append(text) {
+  function append(text, kind) {
     var line = document.createElement('div');
-    line.className = 'message';
+    line.className = kind ? 'message ' + kind : 'message';
     line.textContent = text;
     billboard.appendChild(line);
     billboard.scrollTop = billboard.scrollHeight;
@@ -45,11 +47,14 @@
     feedback.className = ok ? 'feedback ok' : 'feedback error';
   }
 
-  var PRESENCE_POLL_MS = 3000;
+  var PRESENCE_POLL_MS = 10000;
+  /** Frames arriving together (a snapshot per channel) cause one read. */
+  var PRESENCE_DEBOUNCE_MS = 100;
   var online = document.getElementById('online');
   var onlineUsers = document.getElementById('online_users');
   var onlineNote = document.getElementById('online_note');
   var polling = null;
+  var pending = null;
 
   function showOnline(channels) {
     var names = {};
@@ -84,6 +89,15 @@
     }, function () { /* offline: keep the last list */ });
   }
 
+  function presenceFrame(frame) {
+    if (!frame || ['presence', 'join', 'leave'].indexOf(frame.type) === -1) { return; }
+    if (pending) { return; }
+    pending = window.setTimeout(function () {
+      pending = null;
+      pollOnline();
+    }, PRESENCE_DEBOUNCE_MS);
+  }
+
   if (online && !online.dataset.presence) {
     online.hidden = true;
   } else if (online) {
@@ -96,7 +110,14 @@
     connecting: function () { show('connecting', 'connecting…'); },
     connected: function () { show('connected', 'connected'); pollOnline(); },
     receive_message: function (data) { append(typeof data === 'string' ? data : '[binary message]'); },
-    disconnected: function () { show('disconnected', 'disconnected, reconnecting…'); }
+    disconnected: function () { show('disconnected', 'disconnected, reconnecting…'); },
+    // Missed messages come back on reconnect; when the server's history cannot fill the gap,
+    // say so instead of showing a conversation with a silent hole in it.
+    envelope: true,
+    onEvent: presenceFrame,
+    onRecoveryFailed: function () {
+      append('Some messages sent while you were disconnected could not be recovered.', 'notice');
+    }
   });
 
   function post(message) {

@@ -10,6 +10,19 @@
  * });
  * ws.send_message('hello'); ws.close();
  *
+ * History and recovery (docs/protocol.md): with `envelope: true` the client offers the
+ * websocket subprotocol wsredis.v1. Every frame is then a JSON envelope; receive_message still
+ * gets the body (and the envelope as a second argument). The client keeps the last position
+ * (epoch, offset) it saw per channel and, on every reconnect, asks the server for what it missed
+ * (`recover=` in the URL), which arrives, in order and exactly once, before live messages.
+ * Where the history cannot fill the gap (trimmed, expired, Redis restarted empty), the server
+ * says so and onRecoveryFailed({ch, epoch, offset}) is called: reload the page's state there.
+ *   envelope: true,
+ *   onRecoveryFailed: function (info) {}, // a gap could not be filled for info.ch
+ *   onRecovered: function (info) {},      // info.count missed messages were delivered
+ *   onEvent: function (frame) {}          // other envelope frames (presence, join, leave)
+ * A server without wsredis.v1 answers without it, and the client falls back to plain frames.
+ *
  * Reconnects after any close except ws.close(), waiting a random delay up to
  * min(30 s, 1 s * 2^attempt) ("full jitter"), so a restarted server is not hit by every
  * browser at once. With heartbeat_msg set, it sends the heartbeat every heartbeat_interval ms
@@ -30,8 +43,13 @@
     connecting: null,
     connected: null,
     receive_message: null,
-    disconnected: null
+    disconnected: null,
+    envelope: false,
+    onRecoveryFailed: null,
+    onRecovered: null,
+    onEvent: null
   };
+  var SUBPROTOCOL = 'wsredis.v1';
 
   function WSRedis(options) {
     if (!(this instanceof WSRedis)) {
@@ -64,10 +82,13 @@
     var last_seen = 0;
     var must_reconnect = true;
 
-    function call(name, arg) {
+    // Last position seen per channel label: {ch: {epoch: E, offset: N}}.
+    var positions = {};
+
+    function call(name, arg, extra) {
       if (typeof opts[name] === 'function') {
         try {
-          opts[name](arg);
+          opts[name](arg, extra);
         } catch (e) {
           if (global.console) { global.console.error(e); }
         }
@@ -125,11 +146,55 @@
       schedule_reconnect();
     }
 
+    /** The URI of the next connection: with the positions to recover, once there are any. */
+    function connect_uri() {
+      var chs = Object.keys(positions);
+      if (!opts.envelope || chs.length === 0) { return opts.uri; }
+      var sep = opts.uri.indexOf('?') === -1 ? '?' : '&';
+      return opts.uri + sep + 'recover=' + encodeURIComponent(JSON.stringify(positions));
+    }
+
+    function remember(frame) {
+      if (typeof frame.ch === 'string' && typeof frame.epoch === 'string' &&
+          typeof frame.offset === 'number') {
+        positions[frame.ch] = { epoch: frame.epoch, offset: frame.offset };
+      }
+    }
+
+    /** One envelope frame: track its position, then hand it to the page. */
+    function on_envelope(data) {
+      var frame;
+      try {
+        frame = JSON.parse(data);
+      } catch (e) {
+        call('receive_message', data);
+        return;
+      }
+      switch (frame && frame.type) {
+        case 'message':
+          remember(frame);
+          call('receive_message', frame.data, frame);
+          break;
+        case 'recovered':
+          remember(frame);
+          call('onRecovered', frame);
+          break;
+        case 'recovery_failed':
+          remember(frame);
+          call('onRecoveryFailed', frame);
+          break;
+        default:
+          call('onEvent', frame);
+      }
+    }
+
     function connect() {
       call('connecting');
       var sock;
       try {
-        sock = new global.WebSocket(opts.uri);
+        sock = opts.envelope
+          ? new global.WebSocket(connect_uri(), [SUBPROTOCOL])
+          : new global.WebSocket(opts.uri);
       } catch (e) {
         if (global.console) { global.console.error('wsredis: cannot connect to ' + opts.uri, e); }
         schedule_reconnect();
@@ -144,6 +209,10 @@
       sock.onmessage = function (evt) {
         last_seen = Date.now();
         if (opts.heartbeat_msg !== null && evt.data === opts.heartbeat_msg) { return; }
+        if (sock.protocol === SUBPROTOCOL && typeof evt.data === 'string') {
+          on_envelope(evt.data);
+          return;
+        }
         call('receive_message', evt.data);
       };
       sock.onclose = function (evt) {
@@ -181,6 +250,8 @@
     self.is_connected = function () { return self.get_state() === 1; };
     self.is_closing = function () { return self.get_state() === 2; };
     self.is_closed = function () { return self.get_state() === 3; };
+    /** A copy of the last position seen per channel (envelope mode). */
+    self.positions = function () { return JSON.parse(JSON.stringify(positions)); };
     /** The reconnect delay bound for attempt n (exposed for tests). */
     self.backoff = backoff;
 
