@@ -534,3 +534,50 @@ async fn envelope_sockets_get_a_snapshot_then_coalesced_joins_and_leaves() {
     assert_eq!(ev["user"], "mary");
     assert!(common::ws::silent(&mut plain, Duration::from_millis(500)).await);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_comes_back_after_redis_restarts_empty_and_is_in_the_metrics() {
+    let db = Database::with_fixtures();
+    let metrics = format!("127.0.0.1:{}", common::free_port());
+    let mut args = FAST.to_vec();
+    args.extend(["--metrics-bind", metrics.as_str()]);
+    let mut server = serve(&db, "127.0.0.1", None, &args);
+    let base = server.base();
+    let john = login(&base, "john").await;
+    let _john = open(&base, "subscribe-broadcast&subscribe-user", Some(&john)).await;
+    let _anons = [
+        open(&base, "subscribe-broadcast", None).await,
+        open(&base, "subscribe-broadcast", None).await,
+    ];
+    let whole = |ch: &Value| {
+        users(ch, "broadcast") == set(&["john"])
+            && anonymous(ch, "broadcast") == 2
+            && users(ch, "user:john") == set(&["john"])
+    };
+    let (ch, _) = until(&base, whole).await;
+    assert!(whole(&ch), "{ch}");
+    // 2 entries for john's socket (broadcast, user:john), 1 per anonymous socket.
+    let series = "wsredis_presence_entries{pool=\"all\"}";
+    let start = Instant::now();
+    let mut entries = None;
+    while start.elapsed() < DEADLINE {
+        entries = common::server::sample(&common::server::scrape(&metrics).await, series);
+        if entries == Some(4.0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(entries, Some(4.0), "{series}");
+
+    // Redis restarts empty: every worker rewrites its entries at its next refresh.
+    server.redis.as_mut().unwrap().restart();
+    let restarted = Instant::now();
+    let (ch, _) = until(&base, whole).await;
+    assert!(whole(&ch), "presence is whole again: {ch}");
+    let text = common::server::scrape(&metrics).await;
+    println!(
+        "presence whole again {:?} after the Redis restart (refresh 1 s); presence errors: {:?}",
+        restarted.elapsed(),
+        common::server::sample(&text, "wsredis_presence_errors_total{pool=\"all\"}")
+    );
+}
