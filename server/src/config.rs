@@ -348,6 +348,27 @@ pub struct Config {
     #[arg(skip = std::env::var("WSREDIS_API_TOKEN").ok().filter(|t| !t.is_empty()).map(Secret))]
     pub api_token: Option<Secret>,
 
+    /// Facilities that keep presence (who is connected), comma-separated or repeated; `*` for
+    /// all, `none` for none. Each join or leave costs one Lua script per channel in Redis.
+    #[arg(
+        long,
+        env = "WSREDIS_PRESENCE",
+        value_delimiter = ',',
+        default_value = "*"
+    )]
+    pub presence: Vec<String>,
+
+    /// Seconds a presence entry lives without a refresh: the entries of a worker or host that
+    /// died disappear within this bound.
+    #[arg(long, env = "WSREDIS_PRESENCE_TTL", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(2..))]
+    pub presence_ttl: u64,
+
+    /// Seconds between two refreshes of a worker's presence entries (less than --presence-ttl).
+    #[arg(long, env = "WSREDIS_PRESENCE_REFRESH", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub presence_refresh: u64,
+
     /// Address of the master's aggregated Prometheus endpoint (`off` to disable).
     #[arg(long, env = "WSREDIS_METRICS_BIND", default_value = "127.0.0.1:9100")]
     pub metrics_bind: String,
@@ -426,6 +447,11 @@ impl Config {
         if self.heartbeat_interval == 0 || self.ping_interval == 0 {
             return Err(ConfigError::Invalid(
                 "--heartbeat-interval and --ping-interval must be at least 1 second".into(),
+            ));
+        }
+        if self.presence_refresh >= self.presence_ttl {
+            return Err(ConfigError::Invalid(
+                "--presence-refresh must be shorter than --presence-ttl".into(),
             ));
         }
         if self.session_backend != SessionBackend::Wsredis {

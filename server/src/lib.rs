@@ -13,6 +13,8 @@
 //! - [`bus`]: the per-worker Redis connections (one subscriber, one command client), channel
 //!   names, the fan-out of Redis messages to local sockets, and channel history (streams kept
 //!   by one Lua script per publish; docs/protocol.md).
+//! - [`presence`]: who is connected per facility and channel, kept in Redis by every worker,
+//!   with join/leave events; entries of dead workers expire.
 //! - [`auth`]: password hashes, login, sessions in Redis, CSRF, cookies, form bodies.
 //! - [`manage`]: the `migrate`, `loaddata` and `createuser` commands.
 //! - [`store`]: users and groups in SQLite or PostgreSQL (sqlx), migrations, fixture loading.
@@ -29,6 +31,7 @@ pub mod http;
 pub mod logging;
 pub mod manage;
 pub mod metrics;
+pub mod presence;
 pub mod store;
 pub mod supervisor;
 pub mod worker;

@@ -240,6 +240,13 @@ async fn scenario(
     if !shows(admin, "#billboard", "admin: hello from admin").await {
         return Err("the admin's own message is not echoed".into());
     }
+    // Each sees the other in the page's online list (presence, polled from the API).
+    if !shows(admin, "#online_users", "erin").await {
+        return Err("the admin's online list does not show erin".into());
+    }
+    if !shows(erin, "#online_users", "admin").await {
+        return Err("erin's online list does not show the admin".into());
+    }
     screenshot(admin, "chat-admin").await;
     screenshot(erin, "chat-erin").await;
 

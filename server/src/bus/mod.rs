@@ -2,8 +2,8 @@
 //!
 //! One [`Bus`] per worker owns exactly two Redis connections, whatever the number of sockets:
 //! a fred `SubscriberClient` (every channel any local socket listens to) and a command `Client`
-//! (PUBLISH, SET EX, GET; also lent to the session store through [`Bus::commands`]). fred stays
-//! behind this module, so the Redis client can be swapped in one place.
+//! (PUBLISH, SET EX, GET, Lua scripts for history and presence; also lent to the session store
+//! through [`Bus::commands`]). fred stays behind this module, so the Redis client can be swapped in one place.
 //!
 //! Invariants:
 //! - Construction never fails because Redis is down: both clients start with `fail_fast` off and
@@ -16,6 +16,7 @@
 
 pub mod channels;
 pub mod history;
+mod lua;
 mod payload;
 mod registry;
 mod scripts;
@@ -34,6 +35,7 @@ use fred::types::config::{Config as RedisConfig, ReconnectPolicy};
 use fred::types::{Builder, Expiration, Value};
 
 pub use history::{HistoryRead, HistoryRule, Position, Retention};
+pub use lua::{Call, Script};
 pub use payload::Payload;
 pub use registry::{BusStats, Delivery, Overflowed, Subscription};
 

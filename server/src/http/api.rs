@@ -8,7 +8,10 @@
 //! - `GET /api/messages/{facility}?broadcast&user=U&group=G&session=S` returns what is stored
 //!   on those channels, like `RedisPublisher.fetch_message`.
 //!
-//! Both need `Authorization: Bearer <token>` with the token of `WSREDIS_API_TOKEN` (or
+//! - `GET /api/presence/{facility}`: who is connected (see `http::presence`, which also lets
+//!   logged-in sessions in).
+//!
+//! Publish and messages need `Authorization: Bearer <token>` with the token of `WSREDIS_API_TOKEN` (or
 //! `--api-token-file`), compared in constant time. Without a configured token the API is off.
 
 use std::sync::Arc;
@@ -39,6 +42,9 @@ pub enum ApiError {
     /// Missing or wrong bearer token.
     #[error("missing or wrong bearer token")]
     Unauthorized,
+    /// Authenticated, but not allowed to see this.
+    #[error("forbidden: {0}")]
+    Forbidden(String),
     /// The body is not what the API takes.
     #[error("bad request: {0}")]
     BadRequest(String),
@@ -67,7 +73,7 @@ impl From<BusError> for ApiError {
 
 fn error_response(e: &ApiError) -> Response {
     let status = match e {
-        ApiError::Disabled => StatusCode::FORBIDDEN,
+        ApiError::Disabled | ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
         ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
         ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
         ApiError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -126,6 +132,10 @@ pub async fn handle(app: &Arc<App>, req: Request<Incoming>) -> Response {
 }
 
 async fn route(app: &Arc<App>, req: Request<Incoming>) -> Result<Response, ApiError> {
+    if req.uri().path().starts_with(super::presence::PREFIX) {
+        // Also open to logged-in sessions, so it authorizes on its own.
+        return super::presence::handle(app, &req).await;
+    }
     authorize(app, &req)?;
     let path = req.uri().path().to_owned();
     match (req.method().clone(), path.as_str()) {
@@ -157,7 +167,8 @@ async fn route(app: &Arc<App>, req: Request<Incoming>) -> Result<Response, ApiEr
     }
 }
 
-fn authorize(app: &App, req: &Request<Incoming>) -> Result<(), ApiError> {
+/// Check the bearer token (constant time).
+pub(super) fn authorize(app: &App, req: &Request<Incoming>) -> Result<(), ApiError> {
     let Some(token) = app.config.api_token() else {
         return Err(ApiError::Disabled);
     };

@@ -7,6 +7,7 @@ pub mod api;
 pub mod forwarded;
 pub mod health;
 pub mod pages;
+pub mod presence;
 pub mod response;
 pub mod statics;
 

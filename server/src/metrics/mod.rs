@@ -209,7 +209,13 @@ pub fn render(pool: &str, slots: &Slots, master: &MasterStats, live: &[LiveWorke
         COUNTER,
         closed,
     ));
-    let plain: [(&str, &str, Field); 11] = [
+    fams.push(family(
+        "presence_entries",
+        "Presence entries held by the workers (one per socket and channel).",
+        GAUGE,
+        vec![gauge(&pool_l, sum(slots, |s| &s.presence_entries))],
+    ));
+    let plain: [(&str, &str, Field); 12] = [
         (
             "client_messages_total",
             "Messages received from websocket clients.",
@@ -232,6 +238,11 @@ pub fn render(pool: &str, slots: &Slots, master: &MasterStats, live: &[LiveWorke
             "redis_reconnects_total",
             "Times a worker's Redis connection came back after a loss.",
             |s| &s.redis_reconnects,
+        ),
+        (
+            "presence_errors_total",
+            "Presence writes (join, refresh, leave, sweep) that Redis did not do.",
+            |s| &s.presence_errors,
         ),
         (
             "login_failures_total",

@@ -124,6 +124,10 @@ pub struct Slot {
     pub gaps_filled: AtomicU64,
     /// `recover` entries ignored (malformed or unknown).
     pub recover_ignored: AtomicU64,
+    /// Gauge: presence entries this worker holds (one per socket and channel).
+    pub presence_entries: AtomicU64,
+    /// Presence writes (join, refresh, leave, sweep) that Redis did not do.
+    pub presence_errors: AtomicU64,
 }
 
 impl Slot {
@@ -253,6 +257,7 @@ impl Slots {
         s.http_open.store(0, Ordering::Relaxed);
         s.ws_open.store(0, Ordering::Relaxed);
         s.redis_up.store(0, Ordering::Relaxed);
+        s.presence_entries.store(0, Ordering::Relaxed);
     }
 }
 

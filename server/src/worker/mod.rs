@@ -96,6 +96,8 @@ pub fn main(id: usize, config: Config) -> ExitCode {
             term.recv().await;
         })
         .await;
+        // Every socket has left by now; remove what a slow one may still hold, at once.
+        app.presence.close().await;
         app.bus.quit().await;
         ExitCode::SUCCESS
     })

@@ -14,6 +14,7 @@ use crate::auth::throttle::{Limits, LoginThrottle};
 use crate::bus::{Bus, BusError};
 use crate::config::{Config, SessionBackend};
 use crate::metrics::{Slot, Slots};
+use crate::presence::Presence;
 use crate::store::{Store, StoreError};
 use crate::supervisor::Control;
 use crate::ws::{CloseReason, Namer, Settings, Stats};
@@ -75,6 +76,8 @@ pub struct App {
     pub store: Store,
     /// With `--session-backend django-*`: sockets are identified from the Django site instead.
     pub django: Option<Django>,
+    /// Who is connected: this worker's entries and their refresher.
+    pub presence: Presence,
 }
 
 /// Why a worker could not start.
@@ -134,6 +137,7 @@ impl App {
         .map(|source| Django::new(&config.django, source))
         .transpose()?;
         Ok(App {
+            presence: Presence::start(bus.clone(), &config),
             store,
             django,
             namer: Namer::new(&config.redis_prefix),
@@ -198,6 +202,7 @@ impl App {
             load(&s.recovery_failed),
             load(&s.gaps_filled),
             load(&s.recover_ignored),
+            load(&self.presence.stats().errors),
         ];
         now.extend(s.fanout.buckets.iter().map(load));
         let closes_at = now.len();
@@ -227,11 +232,12 @@ impl App {
         add(&slot.recovery_failed, delta[11]);
         add(&slot.gaps_filled, delta[12]);
         add(&slot.recover_ignored, delta[13]);
+        add(&slot.presence_errors, delta[14]);
         for (bucket, d) in slot
             .fanout_latency
             .buckets
             .iter()
-            .zip(&delta[14..closes_at])
+            .zip(&delta[15..closes_at])
         {
             add(bucket, *d);
         }
@@ -242,6 +248,10 @@ impl App {
         }
         slot.redis_up
             .store(u64::from(self.bus.is_up()), Ordering::Relaxed);
+        slot.presence_entries.store(
+            self.presence.stats().entries.load(Ordering::Relaxed),
+            Ordering::Relaxed,
+        );
         last.values = now;
     }
 }

@@ -35,4 +35,5 @@ pub use recovery::EnvelopeCtx;
 pub use session::{SessionCtx, run};
 pub use settings::{Settings, websocket_config};
 pub use stats::{CloseReason, Stats};
+pub(crate) use upgrade::identity_of;
 pub use upgrade::upgrade;

@@ -37,6 +37,7 @@ use crate::bus::channels::Channels;
 use crate::bus::{Bus, BusError, Delivery, Overflowed, Payload, Retention, Subscription};
 
 mod envelope_io;
+mod presence_io;
 
 /// Most queued messages written with one flush.
 const MAX_BATCH: usize = 64;
@@ -58,6 +59,8 @@ pub struct SessionCtx {
     pub history: Option<Retention>,
     /// `Some` when the client opted in to the `wsredis.v1` envelope dialect.
     pub envelope: Option<EnvelopeCtx>,
+    /// The socket's place in presence (None: its facility keeps none).
+    pub presence: Option<crate::presence::Member>,
 }
 
 /// Drive one upgraded socket until it ends; returns when the socket is closed (or dropped).
@@ -86,6 +89,8 @@ struct Session {
     echo: EchoFilter,
     /// Last position sent per history channel (envelope sockets).
     tracker: Tracker,
+    /// The socket's presence entries and events (facilities with presence).
+    present: Option<presence_io::Present>,
     /// Last time any frame arrived from the client.
     last_seen: Instant,
 }
@@ -104,6 +109,7 @@ impl Session {
             EchoFilter::new(sub.channels(), &ctx.channels.publish)
         };
         Session {
+            present: presence_io::Present::start(&ctx),
             ctx,
             shutdown,
             sub,
@@ -124,6 +130,9 @@ impl Session {
         if let Err(end) = started {
             return end;
         }
+        if let Err(end) = self.announce(ws).await {
+            return end;
+        }
         let settings = self.ctx.settings.clone();
         let start = Instant::now();
         let mut heartbeat = interval_at(
@@ -141,6 +150,10 @@ impl Session {
                 frame = ws.next() => self.on_frame(ws, frame).await,
                 delivery = self.sub.recv() => match delivery {
                     Ok(d) => self.deliver(ws, d).await,
+                    Err(Overflowed) => Err(End::new(CloseReason::Overloaded)),
+                },
+                event = presence_io::Present::next(&mut self.present) => match event {
+                    Ok(d) => self.deliver_presence(ws, d).await,
                     Err(Overflowed) => Err(End::new(CloseReason::Overloaded)),
                 },
                 _ = heartbeat.tick(), if settings.heartbeat.is_some() => {

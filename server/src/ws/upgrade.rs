@@ -76,10 +76,7 @@ async fn prepare(
     let flags = Flags::parse(req.uri().query().unwrap_or(""));
     let facility = flags::facility(req.uri().path(), &app.config.websocket_url)
         .ok_or_else(|| HandshakeError::BadRequest("the facility is not valid".into()))?;
-    let identity = match &app.django {
-        Some(django) => identify_django(django, req).await?,
-        None => identify(app, req).await?,
-    };
+    let identity = identity_of(app, req).await?;
     let flags = match app.config.allowed_channels(&identity) {
         Some(allowed) => flags.restrict(allowed),
         None => flags,
@@ -91,6 +88,7 @@ async fn prepare(
             ChannelError::Forbidden(why) => HandshakeError::Forbidden(why.to_string()),
             other => HandshakeError::BadRequest(other.to_string()),
         })?;
+    let presence = app.presence.member(&facility, &identity, flags.subscribe());
     // The envelope dialect only when the client offers it: everyone else gets ws4redis.
     let envelope = envelope::offered(req.headers()).then(|| {
         let recover = envelope::parse_recover(req.uri().query().unwrap_or(""));
@@ -102,6 +100,7 @@ async fn prepare(
         EnvelopeCtx { labels, recover }
     });
     let ctx = SessionCtx {
+        presence,
         bus: app.bus.clone(),
         channels,
         echo: flags.echo,
@@ -111,6 +110,18 @@ async fn prepare(
         envelope,
     };
     Ok((accept, ctx))
+}
+
+/// Who sent `req`: the web app's session, or the Django site's with `--session-backend
+/// django-*`; anonymous without a (valid) session. Also used by the presence API.
+pub(crate) async fn identity_of(
+    app: &App,
+    req: &Request<Incoming>,
+) -> Result<Identity, HandshakeError> {
+    match &app.django {
+        Some(django) => identify_django(django, req).await,
+        None => identify(app, req).await,
+    }
 }
 
 /// Who is on the socket: the web app's session (cookie `sessionid`), else anonymous. A

@@ -245,6 +245,7 @@ impl Host {
             echo,
             settings: self.settings.clone(),
             stats: self.stats.clone(),
+            presence: None,
             history: None,
             envelope: None,
         };

@@ -45,6 +45,9 @@ struct ChatPage {
     targets: Vec<Target>,
     client_js: String,
     chat_js: String,
+    /// `GET /api/presence/chat`, polled by the page for its "Online" list; empty when the
+    /// facility keeps no presence.
+    presence_url: String,
 }
 
 struct Kind {
@@ -102,6 +105,11 @@ fn page(
             targets,
             client_js: statics::url("js/wsredis.js"),
             chat_js: statics::url("js/chat.js"),
+            presence_url: if app.presence.enabled(FACILITY) {
+                format!("{}{FACILITY}", crate::http::presence::PREFIX)
+            } else {
+                String::new()
+            },
         },
     )
 }

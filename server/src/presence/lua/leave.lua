@@ -1,0 +1,2 @@
+-- Leave: ARGV[3] field.
+return gone(ARGV[3])
