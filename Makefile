@@ -5,7 +5,7 @@ BIN := target/release/wsredis
 PORT ?= 8000
 WORKERS ?= $(shell nproc)
 
-.PHONY: help deps deps-deploy deps-django build test lint unit chaos run-standalone run-behind-nginx bench-http stress stress-nginx clean
+.PHONY: help deps deps-deploy deps-django build test lint unit chaos run-standalone run-behind-nginx bench-http stress stress-nginx fuzz conformance clean
 
 help:
 	@echo "make run-standalone  build and start the server on :$(PORT) (all set-up included)"
@@ -17,6 +17,8 @@ help:
 	@echo "make bench-http      wrk against /healthz with 1 and N workers, and respawn latency"
 	@echo "make stress          seed, seed-live, fanout, throughput (vs plain TCP), idle; results in stress/results/"
 	@echo "make stress-nginx    the same scenarios through NGINX; results in stress/results/nginx/"
+	@echo "make fuzz            every fuzz target in fuzz/ for FUZZ_SECONDS (30) each (cargo-fuzz, nightly)"
+	@echo "make conformance     the Autobahn websocket testsuite against the server (Python 2 via pip)"
 
 deps:
 	@scripts/ensure-deps.sh chromium
@@ -88,6 +90,15 @@ stress: deps
 stress-nginx: deps
 	$(CARGO) build --release --locked -p wsredis -p wsredis-stress
 	STRESS_OUT=$(STRESS_OUT) stress/nginx.sh $(BIN) $(STRESS)
+
+# Coverage-guided fuzzing of the parsers of outside input (fuzz/, its own workspace); the
+# committed corpus also runs in `make test` (server/tests/fuzz_corpus.rs).
+FUZZ_SECONDS ?= 30
+fuzz:
+	scripts/fuzz.sh $(FUZZ_SECONDS)
+
+conformance:
+	scripts/conformance.sh
 
 clean:
 	$(CARGO) clean

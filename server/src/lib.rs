@@ -18,6 +18,7 @@
 //! - [`auth`]: password hashes, login, sessions in Redis, CSRF, cookies, form bodies.
 //! - [`manage`]: the `migrate`, `loaddata` and `createuser` commands.
 //! - [`store`]: users and groups in SQLite or PostgreSQL (sqlx), migrations, fixture loading.
+//! - `fuzzing` (hidden): the parsers of outside input as the fuzz targets in `fuzz/` call them.
 //!
 //! Data flows one way: master → worker → router → (page | socket) → bus → Redis.
 #![warn(missing_docs)]
@@ -27,6 +28,8 @@ pub mod bus;
 pub mod cli;
 pub mod commands;
 pub mod config;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
 pub mod logging;
 pub mod manage;

@@ -15,6 +15,11 @@
 //!   400): non-empty, at most [`MAX_FACILITY_BYTES`], no control characters, no whitespace and
 //!   none of the Redis glob characters `*?[]`. ws4redis accepts anything, including the empty
 //!   facility; we do not, because such names cannot be told apart in `PSUBSCRIBE`/`KEYS`.
+//! - A facility of a user, group or session channel has no `:` ([`validate_personal_facility`]).
+//!   Group names (and a Django site's usernames) may contain `:`, so with a `:` in the facility
+//!   a member of group `a` on facility `b:c` would get `group:a:b:c`, the channel of group `a:b`
+//!   on facility `c`. With the facility free of `:` it is the last field and every personal
+//!   channel name has exactly one owner. Broadcast facilities may keep their `:`.
 //! - The returned lists have no duplicates and keep a stable order: broadcast, user, groups (in
 //!   the identity's order), session.
 
@@ -96,6 +101,18 @@ pub fn validate_facility(facility: &str) -> Result<(), ChannelError> {
     }
     if facility.contains(['*', '?', '[', ']']) {
         return Err(ChannelError::InvalidFacility("Redis glob character (*?[])"));
+    }
+    Ok(())
+}
+
+/// Check the facility of a user, group or session channel: [`validate_facility`] and no `:`
+/// (see the module header: otherwise one group's channel can be another group's).
+pub fn validate_personal_facility(facility: &str) -> Result<(), ChannelError> {
+    validate_facility(facility)?;
+    if facility.contains(':') {
+        return Err(ChannelError::InvalidFacility(
+            "`:` is not allowed with user, group or session channels",
+        ));
     }
     Ok(())
 }
@@ -182,6 +199,7 @@ impl Namer {
             };
             return Err(ChannelError::Forbidden(what));
         };
+        validate_personal_facility(facility)?;
         if want.user {
             out.push(self.user(username, facility));
         }
@@ -367,6 +385,39 @@ mod tests {
         assert!(validate_facility(&"x".repeat(201)).is_err());
         // 200 bytes, not 200 characters.
         assert!(validate_facility(&"é".repeat(101)).is_err());
+    }
+
+    #[test]
+    fn a_colon_in_the_facility_cannot_reach_another_groups_channel() {
+        let member_of_a = Identity {
+            groups: vec!["a".into()],
+            ..john()
+        };
+        let group = Audiences {
+            group: true,
+            ..NONE
+        };
+        let n = Namer::new("");
+        // `group:a:b:c` would be the channel of group `a:b` on facility `c`.
+        assert!(matches!(
+            n.plan("b:c", &member_of_a, group, NONE),
+            Err(ChannelError::InvalidFacility(_))
+        ));
+        assert!(n.plan("b:c", &member_of_a, NONE, group).is_err());
+        let user = Audiences { user: true, ..NONE };
+        assert!(n.plan("b:c", &member_of_a, user, NONE).is_err());
+        // Broadcast channels have no name field and keep their colons.
+        let broadcast = Audiences {
+            broadcast: true,
+            ..NONE
+        };
+        assert_eq!(
+            n.plan("b:c", &member_of_a, broadcast, NONE)
+                .unwrap()
+                .subscribe,
+            ["broadcast:b:c"]
+        );
+        assert!(n.plan("b-c", &member_of_a, group, NONE).is_ok());
     }
 
     #[test]

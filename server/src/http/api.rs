@@ -27,7 +27,7 @@ use subtle::ConstantTimeEq;
 
 use super::response::{self, Response};
 use crate::bus::BusError;
-use crate::bus::channels::{Namer, validate_facility};
+use crate::bus::channels::{Namer, validate_facility, validate_personal_facility};
 use crate::worker::App;
 
 /// What a publish request may name at most, so one request cannot fan out unboundedly.
@@ -215,6 +215,9 @@ pub fn channels_of(n: &Namer, p: &Publish) -> Result<Vec<String>, ApiError> {
         )));
     }
     let f = p.facility.as_str();
+    if targets > usize::from(p.broadcast) {
+        validate_personal_facility(f).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    }
     let mut out = Vec::with_capacity(targets);
     if p.broadcast {
         out.push(n.broadcast(f));

@@ -199,6 +199,13 @@ pub async fn loaddata(store: &Store, json: &[u8]) -> Result<LoadSummary, Fixture
 
 type Parsed = (Vec<String>, Vec<FixtureUser>, BTreeMap<String, usize>);
 
+/// Check a fixture exactly as [`loaddata`] does before it writes anything (for
+/// `crate::fuzzing`).
+#[doc(hidden)]
+pub fn check(json: &[u8]) -> Result<(), FixtureError> {
+    parse(json).map(drop)
+}
+
 /// Check the whole fixture before touching the database.
 fn parse(json: &[u8]) -> Result<Parsed, FixtureError> {
     let objects: Vec<RawObject> = serde_json::from_slice(json).map_err(FixtureError::Json)?;
