@@ -16,6 +16,7 @@
 
 pub mod channels;
 mod payload;
+mod queue;
 mod registry;
 mod tasks;
 

@@ -2,7 +2,8 @@
 //!
 //! One table maps each channel to the queues of its local subscribers. Three parties touch it:
 //! the sockets (join on [`Registry::subscribe`], leave when their [`Subscription`] drops), the
-//! dispatcher (fans each Redis message out with `try_send`, never awaiting a socket) and the
+//! dispatcher (fans each Redis message out into per-socket queues, never awaiting a socket;
+//! the queue is `queue.rs`) and the
 //! syncer (the only one issuing SUBSCRIBE/UNSUBSCRIBE); those two live in `tasks.rs`. This file
 //! knows nothing about fred.
 //!
@@ -13,8 +14,8 @@
 //!   what Redis has and issues the difference. A socket leaving while another joins therefore
 //!   can never end with the channel unsubscribed while it has local interest, whatever the
 //!   order of the requests.
-//! - A subscriber whose queue is full is flagged (its overflow token is cancelled) and the
-//!   message is dropped for it only; the session then closes it with 1013.
+//! - A subscriber whose queue is full is flagged (its queue overflows) and the message is
+//!   dropped for it only; the session then closes it with 1013.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,9 +23,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use tokio::sync::{Notify, mpsc};
-use tokio_util::sync::CancellationToken;
 
 use super::payload::Payload;
+use super::queue::{Pushed, Queue};
 
 /// Counters of one worker's bus; read by the metrics exporter.
 #[derive(Debug, Default)]
@@ -54,8 +55,7 @@ pub struct Delivery {
 
 struct Local {
     id: u64,
-    tx: mpsc::Sender<Delivery>,
-    overflow: CancellationToken,
+    queue: Arc<Queue>,
 }
 
 #[derive(Default)]
@@ -99,8 +99,7 @@ impl Registry {
     /// Register local interest in `channels` (duplicates ignored).
     pub(crate) fn subscribe(self: &Arc<Self>, channels: &[String]) -> Subscription {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = mpsc::channel(self.queue_len);
-        let overflow = CancellationToken::new();
+        let queue = Arc::new(Queue::default());
         let mut keys: Vec<Arc<str>> = Vec::with_capacity(channels.len());
         let mut new = Vec::new();
         {
@@ -121,8 +120,7 @@ impl Registry {
                 if let Some(entry) = table.get_mut(&key) {
                     entry.locals.push(Local {
                         id,
-                        tx: tx.clone(),
-                        overflow: overflow.clone(),
+                        queue: queue.clone(),
                     });
                 }
                 keys.push(key);
@@ -135,8 +133,7 @@ impl Registry {
         Subscription {
             id,
             channels: keys,
-            rx,
-            overflow,
+            queue,
             registry: self.clone(),
         }
     }
@@ -173,10 +170,7 @@ impl Registry {
                 payload: payload.clone(),
                 arrived,
             };
-            if let Err(mpsc::error::TrySendError::Full(_)) = local.tx.try_send(delivery)
-                && !local.overflow.is_cancelled()
-            {
-                local.overflow.cancel();
+            if local.queue.push(delivery, self.queue_len) == Pushed::Overflowed {
                 self.stats.overflows.fetch_add(1, Ordering::Relaxed);
             }
         }
@@ -204,8 +198,7 @@ pub struct Overflowed;
 pub struct Subscription {
     id: u64,
     channels: Vec<Arc<str>>,
-    rx: mpsc::Receiver<Delivery>,
-    overflow: CancellationToken,
+    queue: Arc<Queue>,
     registry: Arc<Registry>,
 }
 
@@ -213,33 +206,24 @@ impl Subscription {
     /// The next message, or [`Overflowed`] once messages were dropped for this subscriber
     /// (checked first). Never resolves for a subscription without channels.
     pub async fn recv(&mut self) -> Result<Delivery, Overflowed> {
-        tokio::select! {
-            biased;
-            _ = self.overflow.cancelled() => Err(Overflowed),
-            d = self.rx.recv() => match d {
-                Some(d) => Ok(d),
-                // Only possible without channels: the registry holds a sender per channel.
-                None => std::future::pending().await,
-            },
-        }
+        std::future::poll_fn(|cx| self.queue.poll_recv(cx))
+            .await
+            .map_err(|()| Overflowed)
     }
 
     /// The next message if one is queued right now (none once the queue has overflowed).
     pub fn try_recv(&mut self) -> Option<Delivery> {
-        if self.overflow.is_cancelled() {
-            return None;
-        }
-        self.rx.try_recv().ok()
+        self.queue.try_recv()
     }
 
     /// Resolves once this subscriber's queue has overflowed (messages were dropped for it).
     pub async fn overflowed(&self) {
-        self.overflow.cancelled().await;
+        std::future::poll_fn(|cx| self.queue.poll_overflowed(cx)).await;
     }
 
     /// Whether the queue has overflowed.
     pub fn is_overflowed(&self) -> bool {
-        self.overflow.is_cancelled()
+        self.queue.is_overflowed()
     }
 
     /// Resolves once Redis has confirmed the SUBSCRIBE of every channel. Callers bound it with
