@@ -118,11 +118,15 @@ impl Session {
             .map(|_| start + settings.heartbeat_interval);
         let timer = sleep_until(earliest(next_ping, next_heartbeat));
         tokio::pin!(timer);
+        // Registered with the worker's shutdown token once, not on every turn of the loop.
+        let shutdown = self.shutdown.clone();
+        let going_away = shutdown.cancelled();
+        tokio::pin!(going_away);
 
         loop {
             let step = tokio::select! {
                 biased;
-                _ = self.shutdown.cancelled() => Err(End::new(CloseReason::GoingAway)),
+                _ = &mut going_away => Err(End::new(CloseReason::GoingAway)),
                 frame = ws.next() => self.on_frame(ws, frame).await,
                 delivery = self.sub.recv() => match delivery {
                     Ok(d) => self.deliver(ws, d).await,
