@@ -18,6 +18,7 @@ pub mod channels;
 pub mod history;
 mod lua;
 mod payload;
+mod queue;
 mod registry;
 mod scripts;
 mod tasks;

@@ -2,7 +2,8 @@
 //!
 //! One table maps each channel to the queues of its local subscribers. Three parties touch it:
 //! the sockets (join on [`Registry::subscribe`], leave when their [`Subscription`] drops), the
-//! dispatcher (fans each Redis message out with `try_send`, never awaiting a socket) and the
+//! dispatcher (fans each Redis message out into per-socket queues, never awaiting a socket;
+//! the queue is `queue.rs`) and the
 //! syncer (the only one issuing SUBSCRIBE/UNSUBSCRIBE); those two live in `tasks.rs`. This file
 //! knows nothing about fred.
 //!
@@ -13,8 +14,8 @@
 //!   what Redis has and issues the difference. A socket leaving while another joins therefore
 //!   can never end with the channel unsubscribed while it has local interest, whatever the
 //!   order of the requests.
-//! - A subscriber whose queue is full is flagged (its overflow token is cancelled) and the
-//!   message is dropped for it only; the session then closes it with 1013.
+//! - A subscriber whose queue is full is flagged (its queue overflows) and the message is
+//!   dropped for it only; the session then closes it with 1013.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,10 +24,10 @@ use std::time::Instant;
 
 use tokio::sync::{Notify, mpsc};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
-use tokio_util::sync::CancellationToken;
 
 use super::history::Position;
 use super::payload::Payload;
+use super::queue::{Pushed, Queue};
 
 /// Counters of one worker's bus; read by the metrics exporter.
 #[derive(Debug, Default)]
@@ -67,6 +68,22 @@ struct Shared {
 }
 
 impl Delivery {
+    /// A delivery on `channel` outside any registry (unit tests of the queue).
+    #[cfg(test)]
+    pub(crate) fn detached(channel: &str, payload: Payload) -> Self {
+        let channel: Arc<str> = Arc::from(channel);
+        Delivery {
+            shared: Arc::new(Shared {
+                label: channel.clone(),
+                frame: OnceLock::new(),
+            }),
+            channel,
+            payload,
+            position: None,
+            arrived: Instant::now(),
+        }
+    }
+
     /// The audience label of the channel (`broadcast`, `user:U`, …), as given at subscribe.
     pub fn label(&self) -> &str {
         &self.shared.label
@@ -81,8 +98,7 @@ impl Delivery {
 
 struct Local {
     id: u64,
-    tx: mpsc::Sender<Delivery>,
-    overflow: CancellationToken,
+    queue: Arc<Queue>,
 }
 
 #[derive(Default)]
@@ -133,8 +149,7 @@ impl Registry {
         labels: &[String],
     ) -> Subscription {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = mpsc::channel(self.queue_len);
-        let overflow = CancellationToken::new();
+        let queue = Arc::new(Queue::default());
         let mut keys: Vec<Arc<str>> = Vec::with_capacity(channels.len());
         let mut new = Vec::new();
         {
@@ -158,8 +173,7 @@ impl Registry {
                     }
                     entry.locals.push(Local {
                         id,
-                        tx: tx.clone(),
-                        overflow: overflow.clone(),
+                        queue: queue.clone(),
                     });
                 }
                 keys.push(key);
@@ -172,8 +186,7 @@ impl Registry {
         Subscription {
             id,
             channels: keys,
-            rx,
-            overflow,
+            queue,
             registry: self.clone(),
         }
     }
@@ -222,10 +235,7 @@ impl Registry {
                 arrived,
                 shared: shared.clone(),
             };
-            if let Err(mpsc::error::TrySendError::Full(_)) = local.tx.try_send(delivery)
-                && !local.overflow.is_cancelled()
-            {
-                local.overflow.cancel();
+            if local.queue.push(delivery, self.queue_len) == Pushed::Overflowed {
                 self.stats.overflows.fetch_add(1, Ordering::Relaxed);
             }
         }
@@ -253,8 +263,7 @@ pub struct Overflowed;
 pub struct Subscription {
     id: u64,
     channels: Vec<Arc<str>>,
-    rx: mpsc::Receiver<Delivery>,
-    overflow: CancellationToken,
+    queue: Arc<Queue>,
     registry: Arc<Registry>,
 }
 
@@ -262,33 +271,24 @@ impl Subscription {
     /// The next message, or [`Overflowed`] once messages were dropped for this subscriber
     /// (checked first). Never resolves for a subscription without channels.
     pub async fn recv(&mut self) -> Result<Delivery, Overflowed> {
-        tokio::select! {
-            biased;
-            _ = self.overflow.cancelled() => Err(Overflowed),
-            d = self.rx.recv() => match d {
-                Some(d) => Ok(d),
-                // Only possible without channels: the registry holds a sender per channel.
-                None => std::future::pending().await,
-            },
-        }
+        std::future::poll_fn(|cx| self.queue.poll_recv(cx))
+            .await
+            .map_err(|()| Overflowed)
     }
 
     /// The next message if one is queued right now (none once the queue has overflowed).
     pub fn try_recv(&mut self) -> Option<Delivery> {
-        if self.overflow.is_cancelled() {
-            return None;
-        }
-        self.rx.try_recv().ok()
+        self.queue.try_recv()
     }
 
     /// Resolves once this subscriber's queue has overflowed (messages were dropped for it).
     pub async fn overflowed(&self) {
-        self.overflow.cancelled().await;
+        std::future::poll_fn(|cx| self.queue.poll_overflowed(cx)).await;
     }
 
     /// Whether the queue has overflowed.
     pub fn is_overflowed(&self) -> bool {
-        self.overflow.is_cancelled()
+        self.queue.is_overflowed()
     }
 
     /// Resolves once Redis has confirmed the SUBSCRIBE of every channel. Callers bound it with

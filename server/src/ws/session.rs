@@ -22,7 +22,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::time::{Instant, MissedTickBehavior, interval_at};
+use tokio::time::{Instant, sleep_until};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::error::Error as WsError;
@@ -77,7 +77,9 @@ where
     let end = session.drive(&mut ws).await;
     // Release the channels before the (bounded, possibly slow) closing handshake.
     drop(session);
-    finish(&mut ws, end, close_timeout).await;
+    // Boxed, like the other rare paths (replay, publish): an async fn's state is as large as
+    // its largest await, and every idle socket would carry the closing handshake's read buffer.
+    Box::pin(finish(&mut ws, end, close_timeout)).await;
     stats.record_close(end.reason);
     tracing::debug!(reason = end.reason.as_str(), "websocket closed");
 }
@@ -123,30 +125,37 @@ impl Session {
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
+        // Boxed: the rare start-up paths must not size every idle socket's future.
         let started = match self.ctx.envelope.clone() {
-            Some(env) => self.resume(ws, &env).await,
-            None => self.replay(ws).await,
+            Some(env) => Box::pin(self.resume(ws, &env)).await,
+            None => Box::pin(self.replay(ws)).await,
         };
         if let Err(end) = started {
             return end;
         }
-        if let Err(end) = self.announce(ws).await {
+        if let Err(end) = Box::pin(self.announce(ws)).await {
             return end;
         }
         let settings = self.ctx.settings.clone();
+        // One timer serves the heartbeat and the ping: a timer costs a registration and memory
+        // per socket. A late tick delays the next one by a full period (no burst of catch-ups).
         let start = Instant::now();
-        let mut heartbeat = interval_at(
-            start + settings.heartbeat_interval,
-            settings.heartbeat_interval,
-        );
-        heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let mut ping = interval_at(start + settings.ping_interval, settings.ping_interval);
-        ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut next_ping = start + settings.ping_interval;
+        let mut next_heartbeat = settings
+            .heartbeat
+            .as_ref()
+            .map(|_| start + settings.heartbeat_interval);
+        let timer = sleep_until(earliest(next_ping, next_heartbeat));
+        tokio::pin!(timer);
+        // Registered with the worker's shutdown token once, not on every turn of the loop.
+        let shutdown = self.shutdown.clone();
+        let going_away = shutdown.cancelled();
+        tokio::pin!(going_away);
 
         loop {
             let step = tokio::select! {
                 biased;
-                _ = self.shutdown.cancelled() => Err(End::new(CloseReason::GoingAway)),
+                _ = &mut going_away => Err(End::new(CloseReason::GoingAway)),
                 frame = ws.next() => self.on_frame(ws, frame).await,
                 delivery = self.sub.recv() => match delivery {
                     Ok(d) => self.deliver(ws, d).await,
@@ -156,15 +165,23 @@ impl Session {
                     Ok(d) => self.deliver_presence(ws, d).await,
                     Err(Overflowed) => Err(End::new(CloseReason::Overloaded)),
                 },
-                _ = heartbeat.tick(), if settings.heartbeat.is_some() => {
-                    self.heartbeat(ws).await
-                }
-                _ = ping.tick() => {
-                    if self.last_seen.elapsed() > settings.ping_interval * 2 {
-                        Err(End::new(CloseReason::PingTimeout))
-                    } else {
-                        self.send(ws, Message::Ping(Bytes::new())).await
+                _ = &mut timer => {
+                    let now = Instant::now();
+                    let mut step = Ok(());
+                    if next_heartbeat.is_some_and(|t| now >= t) {
+                        next_heartbeat = Some(now + settings.heartbeat_interval);
+                        step = self.heartbeat(ws).await;
                     }
+                    if step.is_ok() && now >= next_ping {
+                        next_ping = now + settings.ping_interval;
+                        step = if self.last_seen.elapsed() > settings.ping_interval * 2 {
+                            Err(End::new(CloseReason::PingTimeout))
+                        } else {
+                            self.send(ws, Message::Ping(Bytes::new())).await
+                        };
+                    }
+                    timer.as_mut().reset(earliest(next_ping, next_heartbeat));
+                    step
                 }
             };
             if let Err(end) = step {
@@ -231,7 +248,8 @@ impl Session {
         if body.is_empty() || self.ctx.channels.publish.is_empty() {
             return Ok(());
         }
-        self.publish(body).await
+        // Boxed: the Redis command's state would otherwise be part of every idle socket.
+        Box::pin(self.publish(body)).await
     }
 
     async fn publish(&mut self, body: Bytes) -> Result<(), End> {
@@ -364,6 +382,11 @@ impl Session {
         };
         written.map_err(|_| End::new(CloseReason::Abnormal))
     }
+}
+
+/// The earlier of the next ping and the next heartbeat (if heartbeats are on).
+fn earliest(ping: Instant, heartbeat: Option<Instant>) -> Instant {
+    heartbeat.map_or(ping, |h| h.min(ping))
 }
 
 /// The close reason for an error from tungstenite's reader.

@@ -13,9 +13,10 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use crate::config::Config;
 
 /// tungstenite's read chunk per socket, allocated at the upgrade and zero-filled before each
-/// read: it is most of an idle socket's memory and of the cost of polling it. Larger frames
-/// still arrive whole (tungstenite reserves their length), in chunks of this size.
-pub const READ_BUFFER_BYTES: usize = 1024;
+/// read: a large part of an idle socket's memory and of the cost of polling it. Larger frames
+/// still arrive whole (tungstenite reserves their length), in chunks of this size; clients
+/// mostly send pongs, heartbeats and short messages.
+pub const READ_BUFFER_BYTES: usize = 512;
 /// Bytes tungstenite may gather before writing to the socket (each `send` flushes anyway).
 pub const WRITE_BUFFER_BYTES: usize = 8 * 1024;
 /// Outgoing messages (from Redis) up to at least this size are always relayed, even when the

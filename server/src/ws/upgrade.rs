@@ -45,7 +45,9 @@ pub async fn upgrade(app: Arc<App>, mut req: Request<Incoming>, _peer: Peer) -> 
                             Some(websocket_config(&app2.config)),
                         )
                         .await;
-                        super::run(ws, ctx, app2.shutdown.clone()).await;
+                        // Boxed so the task does not keep a second copy of the socket and
+                        // context beside the session's own (rustc lays the two out apart).
+                        Box::pin(super::run(ws, ctx, app2.shutdown.clone())).await;
                     }
                     Err(e) => tracing::debug!(error = %e, "upgrade failed"),
                 }
