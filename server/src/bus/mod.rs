@@ -46,12 +46,15 @@ use registry::Registry;
 /// Commands (and SUBSCRIBEs) taking longer than this fail, so a socket is not held hostage by
 /// a Redis that accepts connections but does not answer.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(3);
-/// Reconnect backoff: 5 ms doubling up to 2 s, forever. fred waits the first delay even
-/// before the very first connection, so a long first step would slow every worker start.
+/// Reconnect backoff: 5 ms doubling up to 250 ms, forever. fred waits the first delay even
+/// before the very first connection, so a long first step would slow every worker start. The
+/// cap bounds how long after Redis returns a worker is still deaf: messages published in that
+/// window reach nobody (with a 2 s cap, 1.1–1.7 s of messages were lost after a 5 s outage).
+/// A refused connect costs Redis nothing, so four tries a second per connection are cheap.
 const RECONNECT_MIN_MS: u32 = 5;
-const RECONNECT_MAX_MS: u32 = 2_000;
-/// Random extra delay per reconnect attempt.
-const RECONNECT_JITTER_MS: u32 = 20;
+const RECONNECT_MAX_MS: u32 = 250;
+/// Random extra delay per reconnect attempt: spreads many workers' reconnects after a restart.
+const RECONNECT_JITTER_MS: u32 = 50;
 /// fred's pub/sub broadcast buffer (its default of 32 drops messages under bursts). Each
 /// event channel of the subscriber preallocates this many slots.
 const MESSAGE_BUFFER: usize = 8_192;
