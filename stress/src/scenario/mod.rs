@@ -7,6 +7,7 @@
 pub mod chat;
 pub mod fanout;
 pub mod idle;
+pub mod recovery;
 pub mod seed;
 
 use std::collections::BTreeMap;
