@@ -14,7 +14,7 @@ help:
 	@echo "make build           release build"
 	@echo "make lint            cargo fmt --check and clippy -D warnings"
 	@echo "make bench-http      wrk against /healthz with 1 and N workers, and respawn latency"
-	@echo "make stress          seed, seed-live, fanout, throughput (vs plain TCP), idle; results in stress/results/"
+	@echo "make stress          seed, seed-live, fanout, throughput (vs plain TCP), idle, recovery; results in stress/results/"
 	@echo "make stress-nginx    the same scenarios through NGINX; results in stress/results/nginx/"
 
 deps:
@@ -71,6 +71,7 @@ stress: deps
 	$(STRESS) throughput $(STRESS_ARGS) --publisher redis -d 10 --baseline
 	$(STRESS) throughput $(STRESS_ARGS) --name throughput-ws -d 5 --baseline
 	$(STRESS) idle $(STRESS_ARGS) -n $(IDLE_SOCKETS) --hold 5
+	$(STRESS) recovery $(STRESS_ARGS) -n 5000 -d 10 -r 10
 
 stress-nginx: deps
 	$(CARGO) build --release --locked -p wsredis -p wsredis-stress

@@ -27,8 +27,9 @@ use crate::publish::{Audience, Mode, Publisher};
 use crate::report::{Percentiles, RecoveryReport, Report};
 use crate::tracker::{Receiver, Tracker};
 
-/// How long the last deliveries and reconnects may trail the last publish.
-const DRAIN: Duration = Duration::from_secs(20);
+/// After the last publish, how long deliveries may stall before the rest counts as lost (a
+/// backlog that still drains is slow, not lost; --timeout bounds the whole run).
+const STALL: Duration = Duration::from_secs(10);
 /// The audience label of the broadcast channel.
 const CH: &str = "broadcast";
 /// Pause between attempts when a reconnect is refused.
@@ -391,12 +392,23 @@ pub async fn run(a: &Recovery, c: &Common, env: &Env) -> Report {
     }
     pb.finish_and_clear();
 
-    // Every dropped socket caught up and every number everywhere, or the drain ran out.
-    let drain = (Instant::now() + DRAIN).min(deadline.max(Instant::now()));
-    while (ctx.pending.load(Ordering::Acquire) > 0
-        || ctx.unique.load(Ordering::Relaxed) < seq * live)
-        && Instant::now() < drain
-    {
+    // Every dropped socket caught up and every number everywhere, or progress stalled.
+    let mut seen = (u64::MAX, Instant::now());
+    loop {
+        let progress = (
+            ctx.unique.load(Ordering::Relaxed),
+            ctx.pending.load(Ordering::Acquire),
+        );
+        if progress.1 == 0 && progress.0 >= seq * live {
+            break;
+        }
+        let now = Instant::now();
+        if progress.0 != seen.0 {
+            seen = (progress.0, now);
+        }
+        if now >= deadline || now - seen.1 >= STALL {
+            break;
+        }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     ctx.stop.store(true, Ordering::Release);
