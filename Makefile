@@ -71,7 +71,7 @@ stress: deps
 	$(STRESS) throughput $(STRESS_ARGS) --publisher redis -d 10 --baseline
 	$(STRESS) throughput $(STRESS_ARGS) --name throughput-ws -d 5 --baseline
 	$(STRESS) idle $(STRESS_ARGS) -n $(IDLE_SOCKETS) --hold 5
-	$(STRESS) recovery $(STRESS_ARGS) -n 5000 -d 10 -r 10
+	$(STRESS) recovery $(STRESS_ARGS) -n 5000 -d 10 -r 20
 
 stress-nginx: deps
 	$(CARGO) build --release --locked -p wsredis -p wsredis-stress
