@@ -15,7 +15,7 @@ help:
 	@echo "make build           release build"
 	@echo "make lint            cargo fmt --check and clippy -D warnings"
 	@echo "make bench-http      wrk against /healthz with 1 and N workers, and respawn latency"
-	@echo "make stress          seed, seed-live, fanout, throughput (vs plain TCP), idle; results in stress/results/"
+	@echo "make stress          seed, seed-live, fanout, throughput (vs plain TCP), idle, recovery; results in stress/results/"
 	@echo "make stress-nginx    the same scenarios through NGINX; results in stress/results/nginx/"
 	@echo "make fuzz            every fuzz target in fuzz/ for FUZZ_SECONDS (30) each (cargo-fuzz, nightly)"
 	@echo "make conformance     the Autobahn websocket testsuite against the server (Python 2 via pip)"
@@ -86,6 +86,7 @@ stress: deps
 	$(STRESS) throughput $(STRESS_ARGS) --publisher redis -d 10 --baseline
 	$(STRESS) throughput $(STRESS_ARGS) --name throughput-ws -d 5 --baseline
 	$(STRESS) idle $(STRESS_ARGS) -n $(IDLE_SOCKETS) --hold 5
+	$(STRESS) recovery $(STRESS_ARGS) -n 5000 -d 10 -r 20
 
 stress-nginx: deps
 	$(CARGO) build --release --locked -p wsredis -p wsredis-stress

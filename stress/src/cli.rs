@@ -34,6 +34,9 @@ pub enum Command {
     Idle(Idle),
     /// Logged-in users messaging each other on their user channels.
     Chat(Chat),
+    /// N envelope subscribers on a history facility, sockets dropped and reconnected with
+    /// `recover=` in waves while messages flow; every number exactly once and in order.
+    Recovery(Recovery),
     /// (internal) The plain TCP baseline server.
     #[command(hide = true)]
     BaselineServer(BaselineServer),
@@ -187,6 +190,35 @@ pub struct Chat {
     /// The server's --session-prefix.
     #[arg(long, default_value = "wsredis:session:")]
     pub session_prefix: String,
+}
+
+/// `recovery`.
+#[derive(Debug, Args, Clone)]
+pub struct Recovery {
+    /// Options shared by every scenario.
+    #[command(flatten)]
+    pub common: Common,
+    /// Subscribers (`wsredis.v1` envelope sockets).
+    #[arg(long, short = 'n', default_value_t = 2000)]
+    pub subscribers: usize,
+    /// Messages per second.
+    #[arg(long, short = 'r', default_value_t = 20.0)]
+    pub rate: f64,
+    /// Seconds of publishing (and dropping).
+    #[arg(long, short = 'd', default_value_t = 10.0)]
+    pub duration: f64,
+    /// Waves of drops, spread evenly over the duration.
+    #[arg(long, default_value_t = 10)]
+    pub waves: usize,
+    /// Percent of the sockets dropped per wave (a different slice each wave).
+    #[arg(long, default_value_t = 10.0)]
+    pub wave_percent: f64,
+    /// History kept per channel by a started server (`--history FACILITY=SIZE:600`).
+    #[arg(long, default_value_t = 10_000)]
+    pub history_size: u64,
+    /// Body size in bytes.
+    #[arg(long, default_value_t = 100)]
+    pub size: usize,
 }
 
 /// `baseline-server`.

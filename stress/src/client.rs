@@ -213,6 +213,13 @@ impl Conn {
         Ok(())
     }
 
+    /// Drop the connection abruptly: no close frame, and a zero linger so the kernel sends a
+    /// reset instead of a FIN, as when a phone loses its network or a NAT forgets the flow.
+    pub fn abort(self) {
+        let _ = socket2::SockRef::from(&self.stream).set_linger(Some(std::time::Duration::ZERO));
+        drop(self.stream);
+    }
+
     /// Send a close frame (1000) and drop the connection without waiting for the answer.
     pub async fn close(mut self) {
         let _ = self

@@ -9,9 +9,10 @@
 //! - [`client`], [`frame`]: the minimal websocket client every scenario (and the baseline
 //!   comparison) reads with.
 //! - [`publish`]: the websocket, `/api/publish` and Redis publishers.
+//! - [`envelope`]: the client side of the `wsredis.v1` envelopes (positions, `recover=`).
 //! - [`body`]: the measured message body (sequence number and send time).
 //! - [`tracker`]: delivery accounting: loss, order, completion, latency histograms.
-//! - [`scenario`]: `seed`, `seed-live`/`fanout`/`throughput`, `idle`, `chat`.
+//! - [`scenario`]: `seed`, `seed-live`/`fanout`/`throughput`, `idle`, `chat`, `recovery`.
 //! - [`baseline`]: the plain TCP relay the report compares against.
 //! - [`procfs`]: the server's memory and CPU from /proc.
 //! - [`report`]: the table, the JSON, the latency plot.
@@ -22,6 +23,7 @@ pub mod body;
 pub mod cli;
 pub mod client;
 pub mod env;
+pub mod envelope;
 pub mod frame;
 pub mod launch;
 pub mod procfs;

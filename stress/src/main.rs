@@ -12,7 +12,7 @@ use wsredis_stress::cli::{Cli, Command, Common};
 use wsredis_stress::env::{Env, cpus};
 use wsredis_stress::publish::Mode;
 use wsredis_stress::report::{Report, Versus};
-use wsredis_stress::scenario::{chat, fanout, idle, seed};
+use wsredis_stress::scenario::{chat, fanout, idle, recovery, seed};
 
 /// Something was lost, reordered, or a socket failed.
 const EXIT_LOSS: u8 = 1;
@@ -67,6 +67,12 @@ fn run(command: Command) -> anyhow::Result<bool> {
             let env = Env::wsredis(&a.common, a.users)?;
             let report = runtime(&a.common)?.block_on(chat::run(&a, &env));
             (a.common, report)
+        }
+        Command::Recovery(a) => {
+            let c = recovery::common(&a);
+            let env = Env::wsredis(&c, a.subscribers)?;
+            let report = runtime(&c)?.block_on(recovery::run(&a, &c, &env));
+            (c, report)
         }
         Command::BaselineServer(_) => unreachable!("handled in main"),
     };

@@ -86,6 +86,35 @@ pub struct MemoryReport {
     pub kernel_slab_per_socket_kib: f64,
 }
 
+/// Sockets dropped and reconnected with `recover=` (recovery scenario).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RecoveryReport {
+    /// Waves of drops made.
+    pub waves: usize,
+    /// Sockets dropped (abruptly by the tool, or ended by the server).
+    pub dropped: u64,
+    /// Reconnects that got their 101.
+    pub reconnected: u64,
+    /// Reconnect attempts refused or failed (each retried).
+    pub reconnect_errors: u64,
+    /// `recovered` frames received.
+    pub recovered: u64,
+    /// Messages those frames said were recovered.
+    pub recovered_messages: u64,
+    /// `recovery_failed` frames received (must be 0).
+    pub recovery_failed: u64,
+    /// Numbers received twice by one socket (must be 0).
+    pub duplicated: u64,
+    /// Numbers received after a higher one (must be 0).
+    pub out_of_order: u64,
+    /// Dropped sockets still waiting for `recovered` at the end (must be 0).
+    pub never_caught_up: u64,
+    /// Drop to the reconnect's 101.
+    pub reconnect_ms: Percentiles,
+    /// Drop to `recovered` (every missed message received).
+    pub caught_up_ms: Percentiles,
+}
+
 /// The baseline's numbers next to ours.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Versus {
@@ -145,6 +174,9 @@ pub struct Report {
     /// Idle memory per socket (idle scenario).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub memory: Option<MemoryReport>,
+    /// Drops and recoveries (recovery scenario).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recovery: Option<RecoveryReport>,
     /// Against the plain TCP baseline.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub versus_baseline: Option<Versus>,
@@ -243,6 +275,41 @@ impl Report {
                 format!(
                     "RSS {:.2} KiB, PSS {:.2} KiB (server); kernel slab {:.2} KiB per socket pair",
                     m.rss_per_socket_kib, m.pss_per_socket_kib, m.kernel_slab_per_socket_kib
+                ),
+            );
+        }
+        if let Some(r) = &self.recovery {
+            row(
+                "drops",
+                format!(
+                    "{} sockets dropped in {} waves, {} reconnected ({} attempts failed)",
+                    r.dropped, r.waves, r.reconnected, r.reconnect_errors
+                ),
+            );
+            row(
+                "recovery",
+                format!(
+                    "{} recovered ({} messages), {} recovery_failed, {} duplicated, {} out of order, {} never caught up",
+                    r.recovered,
+                    r.recovered_messages,
+                    r.recovery_failed,
+                    r.duplicated,
+                    r.out_of_order,
+                    r.never_caught_up
+                ),
+            );
+            row(
+                "reconnect (drop to 101)",
+                format!(
+                    "p50 {:.2}  p99 {:.2}  max {:.2} ms",
+                    r.reconnect_ms.p50, r.reconnect_ms.p99, r.reconnect_ms.max
+                ),
+            );
+            row(
+                "caught up (to recovered)",
+                format!(
+                    "p50 {:.2}  p99 {:.2}  max {:.2} ms",
+                    r.caught_up_ms.p50, r.caught_up_ms.p99, r.caught_up_ms.max
                 ),
             );
         }

@@ -130,3 +130,32 @@ fn chat_delivers_each_message_to_its_one_user() {
         assert_all_delivered(&r, 300);
     }
 }
+
+#[test]
+fn recovery_loses_and_duplicates_nothing_across_dropped_sockets() {
+    let r = run(&[
+        "recovery",
+        "-n",
+        "300",
+        "-d",
+        "3",
+        "-r",
+        "40",
+        "--waves",
+        "5",
+        "--wave-percent",
+        "20",
+    ]);
+    assert_eq!(r["lost"], 0, "{r:#}");
+    assert_eq!(r["disorder"], 0, "{r:#}");
+    assert_eq!(r["delivered"], r["expected"], "{r:#}");
+    assert!(r["published"].as_u64().unwrap() > 0, "{r:#}");
+    let rec = &r["recovery"];
+    assert_eq!(
+        rec["dropped"], 300,
+        "5 waves of 20 % drop every socket once: {r:#}"
+    );
+    assert_eq!(rec["recovered"], 300, "each reconnect recovers: {r:#}");
+    assert_eq!(rec["recovery_failed"], 0, "{r:#}");
+    assert_eq!(rec["duplicated"], 0, "{r:#}");
+}

@@ -7,6 +7,8 @@
 pub mod chat;
 pub mod fanout;
 pub mod idle;
+pub mod recovery;
+pub mod rejoin;
 pub mod seed;
 
 use std::collections::BTreeMap;
