@@ -8,6 +8,7 @@ mod common;
 
 use std::time::Duration;
 
+use common::raw;
 use common::server::{Server, health, sample, scrape};
 use common::web::{Client, Database};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -260,55 +261,6 @@ async fn bad_http_gets_a_clear_error_is_counted_and_the_workers_live() {
     assert_eq!(bad("header_timeout"), 1.0, "{text}");
 }
 
-/// Open a websocket by hand on a raw TCP stream (so the test can then send frames no client
-/// library would) and return the stream after the 101.
-async fn raw_websocket(addr: &str, path: &str) -> TcpStream {
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    let req = format!(
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-    );
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut byte))
-            .await
-            .expect("handshake answer")
-            .unwrap();
-        assert_eq!(n, 1, "closed during the handshake: {head:?}");
-        head.push(byte[0]);
-    }
-    assert!(head.starts_with(b"HTTP/1.1 101"), "{head:?}");
-    s
-}
-
-/// What the server sends until it closes: the close code of its Close frame, if it sent one.
-async fn close_code(s: &mut TcpStream) -> Option<u16> {
-    let mut buf = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await;
-    // Skip whole frames (pings, heartbeats) until a Close (opcode 8) shows up.
-    let mut i = 0;
-    while i + 2 <= buf.len() {
-        let (op, len) = (buf[i] & 0x0f, usize::from(buf[i + 1] & 0x7f));
-        let (start, len) = match len {
-            126 if i + 4 <= buf.len() => (
-                i + 4,
-                usize::from(u16::from_be_bytes([buf[i + 2], buf[i + 3]])),
-            ),
-            126 | 127 => return None,
-            n => (i + 2, n),
-        };
-        if op == 8 {
-            return buf
-                .get(start..start + 2)
-                .map(|c| u16::from_be_bytes([c[0], c[1]]));
-        }
-        i = start + len;
-    }
-    None
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_protocol_abuse_is_closed_and_other_sockets_keep_receiving() {
     let server = Server::start(&["--workers", "1"]);
@@ -328,9 +280,9 @@ async fn websocket_protocol_abuse_is_closed_and_other_sockets_keep_receiving() {
         b"\xc1\x80\x01\x02\x03\x04",
     ];
     for frame in abuse {
-        let mut s = raw_websocket(&addr, path).await;
+        let mut s = raw::websocket(&addr, path).await;
         let _ = s.write_all(frame).await;
-        let code = close_code(&mut s).await;
+        let code = raw::close_code(&mut s, Duration::from_secs(10)).await;
         assert!(
             matches!(code, None | Some(1002)),
             "{frame:?}: close {code:?}"

@@ -135,6 +135,7 @@ fn rand_suffix() -> u64 {
         .subsec_nanos() as u64;
     nanos ^ (N.fetch_add(1, Ordering::Relaxed) << 32)
 }
+pub mod raw;
 pub mod server;
 pub mod web;
 pub mod ws;
