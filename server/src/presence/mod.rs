@@ -110,7 +110,8 @@ pub(crate) struct Entry {
 #[derive(Debug)]
 pub(crate) enum Op {
     Join(u64, Vec<Entry>, oneshot::Sender<()>),
-    Leave(u64, Vec<Entry>),
+    /// Leave every entry the connection joined (the task holds them).
+    Leave(u64),
     Close(oneshot::Sender<()>),
 }
 
@@ -311,12 +312,13 @@ impl Member {
             .stats
             .entries
             .fetch_add(entries.len() as u64, Ordering::Relaxed);
+        let count = entries.len();
         let (done, joined) = oneshot::channel();
-        self.presence.send(Op::Join(conn, entries.clone(), done));
+        self.presence.send(Op::Join(conn, entries, done));
         Joined {
             presence: self.presence.clone(),
             conn,
-            entries,
+            count,
             joined: Some(joined),
         }
     }
@@ -327,7 +329,9 @@ impl Member {
 pub struct Joined {
     presence: Presence,
     conn: u64,
-    entries: Vec<Entry>,
+    /// How many entries it joined (the entries themselves live in the task's table only: one
+    /// copy per socket, not two).
+    count: usize,
     joined: Option<oneshot::Receiver<()>>,
 }
 
@@ -342,13 +346,12 @@ impl Joined {
 
 impl Drop for Joined {
     fn drop(&mut self) {
-        let entries = std::mem::take(&mut self.entries);
         self.presence
             .inner
             .stats
             .entries
-            .fetch_sub(entries.len() as u64, Ordering::Relaxed);
-        self.presence.send(Op::Leave(self.conn, entries));
+            .fetch_sub(self.count as u64, Ordering::Relaxed);
+        self.presence.send(Op::Leave(self.conn));
     }
 }
 

@@ -87,8 +87,8 @@ async fn apply(
                 table.insert(conn, entries);
                 joined.push(done);
             }
-            Op::Leave(conn, entries) => {
-                table.remove(&conn);
+            Op::Leave(conn) => {
+                let entries = table.remove(&conn).unwrap_or_default();
                 let f = field(inner, conn);
                 for e in &entries {
                     calls.push((

@@ -167,9 +167,8 @@ impl Session {
                 let missing = pos.offset.saturating_sub(after + 1);
                 let read = if missing <= size {
                     let max = u32::try_from(missing).unwrap_or(u32::MAX);
-                    self.ctx
-                        .bus
-                        .read_history(&d.channel, Some(after), max)
+                    // Boxed: a rare Redis read must not size every idle socket's future.
+                    Box::pin(self.ctx.bus.read_history(&d.channel, Some(after), max))
                         .await
                         .inspect_err(|e| tracing::debug!(error = %e, "gap read failed"))
                         .ok()
