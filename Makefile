@@ -44,7 +44,7 @@ CHAOS_OUTAGE_SECS ?= 10
 chaos:
 	CHAOS_SOCKETS=$(CHAOS_SOCKETS) CHAOS_CYCLES=$(CHAOS_CYCLES) CHAOS_RATE=$(CHAOS_RATE) \
 	CHAOS_OUTAGE_SECS=$(CHAOS_OUTAGE_SECS) $(CARGO) test -p wsredis --locked \
-	  --test chaos --test chaos_reload -- --nocapture --test-threads 1
+	  --test chaos --test chaos_reload --test chaos_consumers -- --nocapture --test-threads 1
 	@if [ -x scripts/fuzz.sh ]; then scripts/fuzz.sh 60; else echo "chaos: no scripts/fuzz.sh, fuzzing skipped"; fi
 
 # What the deployment tests (server/tests/deploy_*.rs) need besides redis-server; a test whose

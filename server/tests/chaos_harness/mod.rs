@@ -1,4 +1,4 @@
-//! Test support for the faults-under-load tests (`chaos.rs`, `chaos_reload.rs`): sizes from
+//! Test support for the faults-under-load tests (`chaos*.rs`): sizes from
 //! the environment, the file-descriptor limit, a numbered publisher that talks RESP to Redis
 //! the way a Django backend's `RedisPublisher` does, HTTP load, and what /proc says about the
 //! master and its workers.
@@ -9,6 +9,8 @@
 #![allow(dead_code, unreachable_pub)]
 
 pub mod fleet;
+pub mod flood;
+pub mod netns;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
