@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use chaos_harness::fleet::Fleet;
+use chaos_harness::fleet::{self, Fleet};
 use chaos_harness::*;
 use common::eventually;
 use common::server::{Server, health, request_with, sample, scrape};
@@ -27,28 +27,6 @@ const WORKERS: u64 = 3;
 const TOKEN: &str = "chaos-test-token-0123456789";
 /// Bound for anything that should happen soon on a loaded 2-core machine.
 const SOON: Duration = Duration::from_secs(60);
-
-/// Connect the fleet, wait until every worker listens on the channel, start publishing and
-/// wait until every socket has a message.
-async fn flowing(server: &Server, n: usize, reconnect: bool) -> (Fleet, Publisher) {
-    let fleet = Fleet::connect(&server.base(), PATH, n, reconnect).await;
-    let redis = server.redis.as_ref().unwrap();
-    let holders = listening(&fleet, server);
-    assert!(
-        eventually(SOON, || redis.numsub(CHANNEL) == holders).await,
-        "not every worker holding sockets subscribed"
-    );
-    let publisher = Publisher::start(redis.port, CHANNEL);
-    assert!(
-        eventually(SOON, || publisher.last() >= 2).await,
-        "not publishing"
-    );
-    assert!(
-        fleet.reach(2, SOON).await,
-        "messages do not reach every socket"
-    );
-    (fleet, publisher)
-}
 
 /// Workers holding at least one socket of the fleet (the kernel may leave one without any
 /// when there are few).
@@ -77,7 +55,7 @@ async fn a_worker_killed_under_load_loses_nothing_elsewhere_and_its_clients_come
     let n = sockets();
     raise_nofile(n as u64 * 2 + 512);
     let server = Server::start(&["--workers", "3"]);
-    let (fleet, publisher) = flowing(&server, n, true).await;
+    let (fleet, publisher) = fleet::flowing(&server, PATH, CHANNEL, n, true).await;
     let by = spread(&fleet, &server);
     println!("sockets per worker pid: {:?}", counts(&by));
     assert!(!by.contains_key(&0), "sockets with no worker found");
@@ -156,7 +134,7 @@ async fn a_redis_outage_under_load_keeps_every_socket_and_refuses_publishes_clea
         &["--workers", "3", "--metrics-bind", &metrics],
         &[("WSREDIS_API_TOKEN", TOKEN)],
     );
-    let (fleet, publisher) = flowing(&server, n, false).await;
+    let (fleet, publisher) = fleet::flowing(&server, PATH, CHANNEL, n, false).await;
     let pids = server.worker_pids();
     // Clients that publish through their socket during the outage.
     let mut talkers = Vec::new();
@@ -299,7 +277,7 @@ async fn a_locked_or_missing_database_costs_pages_503_and_websockets_go_on() {
     raise_nofile(n as u64 * 2 + 512);
     let db = Database::with_fixtures();
     let server = db.serve(&["--workers", "3"]);
-    let (fleet, publisher) = flowing(&server, n, false).await;
+    let (fleet, publisher) = fleet::flowing(&server, PATH, CHANNEL, n, false).await;
 
     // Another process holds the SQLite file in an exclusive lock.
     let path = db.url.strip_prefix("sqlite://").unwrap().to_owned();

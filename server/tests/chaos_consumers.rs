@@ -32,7 +32,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use chaos_harness::fleet::Fleet;
+use chaos_harness::fleet::{self, Fleet};
 use chaos_harness::flood::Flood;
 use chaos_harness::netns::Vanishing;
 use chaos_harness::*;
@@ -74,7 +74,7 @@ async fn slow_consumers_are_cut_under_load_and_nobody_else_misses_anything() {
     let metrics = format!("127.0.0.1:{}", common::free_port());
     let server = Server::start(&["--workers", "3", "--metrics-bind", &metrics]);
     let pids = server.worker_pids();
-    let (fleet, publisher) = flowing(&server, n).await;
+    let (fleet, publisher) = fleet::flowing(&server, PATH, CHANNEL, n, false).await;
     let readers = Fleet::connect(&server.base(), FLOOD_PATH, FLOOD_READERS, false).await;
     let slow = spread_raw(&server, FLOOD_PATH, Some(SLOW_RCVBUF_BYTES)).await;
     let ports: Vec<u16> = slow.iter().map(|r| r.port).collect();
@@ -185,7 +185,7 @@ async fn half_open_connections_are_closed_after_two_ping_intervals_and_the_fleet
     let server = Server::start_at(&host, &args, &[]);
     let pids = server.worker_pids();
     let connected = Instant::now();
-    let (fleet, publisher) = flowing(&server, n).await;
+    let (fleet, publisher) = fleet::flowing(&server, PATH, CHANNEL, n, false).await;
     let closed_1001 = "wsredis_websockets_closed_total{pool=\"all\",code=\"1001\"}";
     let before = value(&scrape(&metrics).await, closed_1001);
     let rss_before: Vec<u64> = pids.iter().map(|p| rss_kib(*p)).collect();
@@ -267,29 +267,6 @@ async fn half_open_connections_are_closed_after_two_ping_intervals_and_the_fleet
     assert!(seen.iter().all(|s| s.open && s.last == last));
     assert_eq!(server.worker_pids(), pids, "a worker restarted");
     fleet.close().await;
-}
-
-/// Connect the fleet, wait until every worker holding some of it listens, start the numbered
-/// publisher and wait until every socket has a message.
-async fn flowing(server: &Server, n: usize) -> (Fleet, Publisher) {
-    let fleet = Fleet::connect(&server.base(), PATH, n, false).await;
-    let redis = server.redis.as_ref().unwrap();
-    let ports: Vec<u16> = fleet.snapshot().iter().map(|s| s.port).collect();
-    let holders = held(server, &ports).len() as u64;
-    assert!(
-        eventually(SOON, || redis.numsub(CHANNEL) == holders).await,
-        "not every worker holding sockets subscribed"
-    );
-    let publisher = Publisher::start(redis.port, CHANNEL);
-    assert!(
-        eventually(SOON, || publisher.last() >= 2).await,
-        "not publishing"
-    );
-    assert!(
-        fleet.reach(2, SOON).await,
-        "messages do not reach every socket"
-    );
-    (fleet, publisher)
 }
 
 /// A raw websocket the test holds without reading.

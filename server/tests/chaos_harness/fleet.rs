@@ -223,3 +223,39 @@ async fn read(ws: &mut Ws, seen: &Mutex<Seen>) -> u16 {
         }
     }
 }
+
+/// Connect a fleet of `n` sockets to `path`, wait until every worker holding some of them
+/// has subscribed `channel` in Redis, start the numbered publisher on it and wait until every
+/// socket has a message: the steady state every fault under load starts from.
+pub async fn flowing(
+    server: &crate::common::server::Server,
+    path: &str,
+    channel: &str,
+    n: usize,
+    reconnect: bool,
+) -> (Fleet, super::Publisher) {
+    let soon = Duration::from_secs(60);
+    let fleet = Fleet::connect(&server.base(), path, n, reconnect).await;
+    let redis = server.redis.as_ref().unwrap();
+    let owners = super::owners(&server.worker_pids(), server.port);
+    let holders: std::collections::HashSet<i32> = fleet
+        .snapshot()
+        .iter()
+        .filter_map(|s| owners.get(&s.port).copied())
+        .collect();
+    let holders = holders.len() as u64;
+    assert!(
+        eventually(soon, || redis.numsub(channel) == holders).await,
+        "not every worker holding sockets subscribed"
+    );
+    let publisher = super::Publisher::start(redis.port, channel);
+    assert!(
+        eventually(soon, || publisher.last() >= 2).await,
+        "not publishing"
+    );
+    assert!(
+        fleet.reach(2, soon).await,
+        "messages do not reach every socket"
+    );
+    (fleet, publisher)
+}
