@@ -50,7 +50,10 @@ PIDS+=($!)
 wait_port "$NPORT"
 
 common=(--url "127.0.0.1:$NPORT" --server-pid "$SERVER" --redis-url "redis://127.0.0.1:$RPORT" --out "$OUT")
-"$TOOL" seed "${common[@]}"
-"$TOOL" seed-live "${common[@]}"
-"$TOOL" fanout "${common[@]}" -n 10000 -m 100 -r 10
-"$TOOL" throughput "${common[@]}" --publisher redis -d 10
+# The scenarios share this Redis: start each without the last one's stored message, which
+# would otherwise be replayed to every new subscriber (ws4redis replay) and counted against it.
+fresh() { redis-cli -p "$RPORT" flushall >/dev/null; }
+fresh; "$TOOL" seed "${common[@]}"
+fresh; "$TOOL" seed-live "${common[@]}"
+fresh; "$TOOL" fanout "${common[@]}" -n 10000 -m 100 -r 10
+fresh; "$TOOL" throughput "${common[@]}" --publisher redis -d 10
