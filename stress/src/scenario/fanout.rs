@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use super::{Shared, connect_many, finish, nonce, receive, warm_up};
+use super::{Shared, finish, subscribe_broadcast, warm_up};
 use crate::body::{self, Stamp};
 use crate::cli::{Common, Fanout};
 use crate::env::Env;
@@ -81,23 +81,9 @@ pub async fn run(scenario: &str, c: &Common, plan: &Plan, env: &Env, mode: Mode)
     let tracker = Tracker::new(plan.subscribers as u32);
     let shared = Arc::new(Shared::default());
     let facility = c.facility.clone();
-    let path = format!("/ws/{facility}?subscribe-broadcast");
-    let (conns, connect) = connect_many(
-        env,
-        plan.subscribers,
-        c.connect_concurrency,
-        |_| path.clone(),
-        |_| String::new(),
-        c.quiet,
-        &shared.closes,
-    )
-    .await;
+    let (mut tasks, connect, nonce) =
+        subscribe_broadcast(env, plan.subscribers, c, &tracker, &shared).await;
     report.connect = connect;
-    let nonce = nonce();
-    let mut tasks = tokio::task::JoinSet::new();
-    for conn in conns.into_iter().flatten() {
-        tasks.spawn(receive(conn, tracker.clone(), shared.clone(), nonce));
-    }
     let live = (plan.subscribers - report.connect.failed) as u64;
 
     let mut publisher = match Publisher::connect(mode, &env.targets, &facility).await {

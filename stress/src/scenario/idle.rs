@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use super::{Shared, connect_many, nonce, receive};
+use super::{Shared, subscribe_broadcast};
 use crate::cli::Idle;
 use crate::env::Env;
 use crate::procfs;
@@ -39,23 +39,8 @@ pub async fn run(a: &Idle, env: &Env) -> Report {
     let slab_before = procfs::slab_kib();
     let tracker = Tracker::new(1);
     let shared = Arc::new(Shared::default());
-    let path = format!("/ws/{}?subscribe-broadcast", c.facility);
-    let (conns, connect) = connect_many(
-        env,
-        a.sockets,
-        c.connect_concurrency,
-        |_| path.clone(),
-        |_| String::new(),
-        c.quiet,
-        &shared.closes,
-    )
-    .await;
+    let (mut tasks, connect, _) = subscribe_broadcast(env, a.sockets, c, &tracker, &shared).await;
     report.connect = connect;
-    let nonce = nonce();
-    let mut tasks = tokio::task::JoinSet::new();
-    for conn in conns.into_iter().flatten() {
-        tasks.spawn(receive(conn, tracker.clone(), shared.clone(), nonce));
-    }
     tokio::time::sleep(SETTLE).await;
     let cpu = procfs::cpu_mark(pid);
     let pb = super::bar(c.quiet, a.hold.ceil() as u64, "hold (s)");

@@ -151,6 +151,35 @@ pub async fn connect_many(
     (conns, report)
 }
 
+/// Connect `n` sockets subscribed to the broadcast channel of `c.facility` and start a
+/// [`receive`] task for each. Returns the tasks, the connect report and the run's nonce (the
+/// warm-up markers the receivers look for).
+pub async fn subscribe_broadcast(
+    env: &Env,
+    n: usize,
+    c: &crate::cli::Common,
+    tracker: &Arc<Tracker>,
+    shared: &Arc<Shared>,
+) -> (JoinSet<()>, Connect, u64) {
+    let path = format!("/ws/{}?subscribe-broadcast", c.facility);
+    let (conns, connect) = connect_many(
+        env,
+        n,
+        c.connect_concurrency,
+        |_| path.clone(),
+        |_| String::new(),
+        c.quiet,
+        &shared.closes,
+    )
+    .await;
+    let nonce = nonce();
+    let mut tasks = JoinSet::new();
+    for conn in conns.into_iter().flatten() {
+        tasks.spawn(receive(conn, tracker.clone(), shared.clone(), nonce));
+    }
+    (tasks, connect, nonce)
+}
+
 /// Shared state of the receiving tasks besides the tracker.
 #[derive(Debug, Default)]
 pub struct Shared {
