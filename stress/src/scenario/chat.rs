@@ -12,7 +12,6 @@ use super::{Shared, connect_many, finish, nonce, receive, warm_up};
 use crate::body::{self, Stamp};
 use crate::cli::Chat;
 use crate::env::Env;
-use crate::procfs;
 use crate::publish::{self, Audience, Mode, Publisher};
 use crate::report::Report;
 use crate::tracker::Tracker;
@@ -122,9 +121,7 @@ pub async fn run(a: &Chat, env: &Env) -> Report {
     report.warmup_rounds = shared
         .warm_publishes
         .load(std::sync::atomic::Ordering::Relaxed);
-    let server_cpu = procfs::cpu_mark(env.server_pid.unwrap_or(0));
-    let redis_cpu = procfs::cpu_mark(env.redis_pid.unwrap_or(0));
-    let tool_cpu = procfs::cpu_mark(std::process::id() as i32);
+    let usage = super::Usage::start(env);
     let pb = super::bar(c.quiet, a.messages, "messages");
     let start = Instant::now();
     let first_ns = tracker.now_ns();
@@ -154,12 +151,7 @@ pub async fn run(a: &Chat, env: &Env) -> Report {
     while tracker.delivered() < seq && Instant::now() < drain {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    report.server_cpu = server_cpu.since(env.server_pid.unwrap_or(0));
-    report.redis_cpu = redis_cpu.since(env.redis_pid.unwrap_or(0));
-    report.tool_cpu = tool_cpu.since(std::process::id() as i32);
-    if let Some(pid) = env.server_pid {
-        report.server_memory = procfs::memory(pid);
-    }
+    usage.record(env, &mut report);
     tasks.abort_all();
     finish(
         &mut report,

@@ -11,7 +11,6 @@ use super::{Shared, finish, subscribe_broadcast, warm_up};
 use crate::body::{self, Stamp};
 use crate::cli::{Common, Fanout};
 use crate::env::Env;
-use crate::procfs;
 use crate::publish::{Audience, Mode, Publisher};
 use crate::report::Report;
 use crate::tracker::{RING, Tracker};
@@ -122,9 +121,7 @@ pub async fn run(scenario: &str, c: &Common, plan: &Plan, env: &Env, mode: Mode)
     report.warmup_rounds = shared
         .warm_publishes
         .load(std::sync::atomic::Ordering::Relaxed);
-    let server_cpu = procfs::cpu_mark(env.server_pid.unwrap_or(0));
-    let redis_cpu = procfs::cpu_mark(env.redis_pid.unwrap_or(0));
-    let tool_cpu = procfs::cpu_mark(std::process::id() as i32);
+    let usage = super::Usage::start(env);
     let pb = super::bar(
         c.quiet,
         plan.messages
@@ -190,12 +187,7 @@ pub async fn run(scenario: &str, c: &Common, plan: &Plan, env: &Env, mode: Mode)
     while tracker.delivered() < seq * live && Instant::now() < settle {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    report.server_cpu = server_cpu.since(env.server_pid.unwrap_or(0));
-    report.redis_cpu = redis_cpu.since(env.redis_pid.unwrap_or(0));
-    report.tool_cpu = tool_cpu.since(std::process::id() as i32);
-    if let Some(pid) = env.server_pid {
-        report.server_memory = procfs::memory(pid);
-    }
+    usage.record(env, &mut report);
     tasks.abort_all();
     drop(publisher);
 

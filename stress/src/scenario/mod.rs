@@ -24,6 +24,7 @@ use tokio::task::JoinSet;
 use crate::body;
 use crate::client::{ClientError, Conn, Message};
 use crate::env::Env;
+use crate::procfs;
 use crate::publish::{Audience, PublishError, Publisher, Targets};
 use crate::report::{Connect, Percentiles, Report};
 use crate::tracker::{Receiver, Summary, Tracker};
@@ -178,6 +179,34 @@ pub async fn subscribe_broadcast(
         tasks.spawn(receive(conn, tracker.clone(), shared.clone(), nonce));
     }
     (tasks, connect, nonce)
+}
+
+/// CPU marks of the server, Redis and this tool, taken when the measured part of a run starts.
+pub struct Usage {
+    server: procfs::CpuMark,
+    redis: procfs::CpuMark,
+    tool: procfs::CpuMark,
+}
+
+impl Usage {
+    /// Mark now.
+    pub fn start(env: &Env) -> Self {
+        Usage {
+            server: procfs::cpu_mark(env.server_pid.unwrap_or(0)),
+            redis: procfs::cpu_mark(env.redis_pid.unwrap_or(0)),
+            tool: procfs::cpu_mark(std::process::id() as i32),
+        }
+    }
+
+    /// Fill the report's CPU use since the marks, and the server's memory now.
+    pub fn record(&self, env: &Env, report: &mut Report) {
+        report.server_cpu = self.server.since(env.server_pid.unwrap_or(0));
+        report.redis_cpu = self.redis.since(env.redis_pid.unwrap_or(0));
+        report.tool_cpu = self.tool.since(std::process::id() as i32);
+        if let Some(pid) = env.server_pid {
+            report.server_memory = procfs::memory(pid);
+        }
+    }
 }
 
 /// Shared state of the receiving tasks besides the tracker.

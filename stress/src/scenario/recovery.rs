@@ -23,7 +23,6 @@ use crate::body::{self, Stamp};
 use crate::cli::{Common, Recovery};
 use crate::env::Env;
 use crate::envelope::OFFER;
-use crate::procfs;
 use crate::publish::{Audience, Mode, Publisher};
 use crate::report::{Percentiles, RecoveryReport, Report};
 use crate::tracker::Tracker;
@@ -139,9 +138,7 @@ pub async fn run(a: &Recovery, c: &Common, env: &Env) -> Report {
         return report;
     }
 
-    let server_cpu = procfs::cpu_mark(env.server_pid.unwrap_or(0));
-    let redis_cpu = procfs::cpu_mark(env.redis_pid.unwrap_or(0));
-    let tool_cpu = procfs::cpu_mark(std::process::id() as i32);
+    let usage = super::Usage::start(env);
     let pb = super::bar(c.quiet, duration.as_secs(), "seconds");
     let per_wave = ((kicks.len() as f64) * a.wave_percent / 100.0).ceil() as usize;
     let wave_at =
@@ -199,12 +196,7 @@ pub async fn run(a: &Recovery, c: &Common, env: &Env) -> Report {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     ctx.stop.store(true, Ordering::Release);
-    report.server_cpu = server_cpu.since(env.server_pid.unwrap_or(0));
-    report.redis_cpu = redis_cpu.since(env.redis_pid.unwrap_or(0));
-    report.tool_cpu = tool_cpu.since(std::process::id() as i32);
-    if let Some(pid) = env.server_pid {
-        report.server_memory = procfs::memory(pid);
-    }
+    usage.record(env, &mut report);
     tasks.abort_all();
     drop(publisher);
 

@@ -19,7 +19,6 @@ use super::Closes;
 use crate::cli::Seed;
 use crate::client::Conn;
 use crate::env::Env;
-use crate::procfs;
 use crate::publish::{Audience, Publisher};
 use crate::report::{Percentiles, Report};
 
@@ -48,9 +47,7 @@ pub async fn run(a: &Seed, env: &Env) -> Report {
             return report;
         }
     };
-    let server_cpu = procfs::cpu_mark(env.server_pid.unwrap_or(0));
-    let redis_cpu = procfs::cpu_mark(env.redis_pid.unwrap_or(0));
-    let tool_cpu = procfs::cpu_mark(std::process::id() as i32);
+    let usage = super::Usage::start(env);
 
     let start = Instant::now();
     let sent = async {
@@ -143,12 +140,7 @@ pub async fn run(a: &Seed, env: &Env) -> Report {
     }
     let total = last.duration_since(start).as_secs_f64();
     drop(publisher);
-    report.server_cpu = server_cpu.since(env.server_pid.unwrap_or(0));
-    report.redis_cpu = redis_cpu.since(env.redis_pid.unwrap_or(0));
-    report.tool_cpu = tool_cpu.since(std::process::id() as i32);
-    if let Some(pid) = env.server_pid {
-        report.server_memory = procfs::memory(pid);
-    }
+    usage.record(env, &mut report);
     report.connect.sockets = a.subscribers;
     report.connect.failed = failed;
     report.connect.seconds = total;
