@@ -382,29 +382,41 @@ async fn chat_in_two_browsers_behind_nginx() {
     }
 }
 
-/// The JS client on its own, in the browser, against a fake `WebSocket`: heartbeats are not
-/// delivered, silence past the heartbeat limit reconnects, the backoff is bounded.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn js_client_heartbeats_and_reconnects() {
+/// Run one of the JS client checks below in a browser on the chat page of a one-worker server
+/// (the checks replace `WebSocket` with a fake); what the script passed to its callback.
+async fn js_check(name: &str, script: &str) -> serde_json::Value {
     let db = Database::with_fixtures();
     let server = db.serve(&["--workers", "1"]);
     let driver = Driver::start();
-    let browser = driver.browser("client").await;
+    let browser = driver.browser(name).await;
     browser
         .goto(&format!("http://{}/chat/", server.base()))
         .await
         .unwrap();
     let result = browser
-        .execute_async(JS_CLIENT_CHECK, Vec::new())
+        .execute_async(script, Vec::new())
         .await
         .expect("the script ran");
     let _ = browser.close().await;
-    let events: Vec<String> = result["events"]
+    result
+}
+
+/// The `events` a JS client check recorded, in order.
+fn events(result: &serde_json::Value) -> Vec<String> {
+    result["events"]
         .as_array()
         .unwrap()
         .iter()
         .map(|e| e.as_str().unwrap().to_owned())
-        .collect();
+        .collect()
+}
+
+/// The JS client on its own, in the browser, against a fake `WebSocket`: heartbeats are not
+/// delivered, silence past the heartbeat limit reconnects, the backoff is bounded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn js_client_heartbeats_and_reconnects() {
+    let result = js_check("client", JS_CLIENT_CHECK).await;
+    let events = events(&result);
     assert_eq!(
         events[..3],
         ["connecting", "connected", "msg:hello"],
@@ -475,25 +487,8 @@ setTimeout(() => {
 /// `recover=` on reconnect and calls onRecoveryFailed / onEvent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn js_client_tracks_positions_and_recovers() {
-    let db = Database::with_fixtures();
-    let server = db.serve(&["--workers", "1"]);
-    let driver = Driver::start();
-    let browser = driver.browser("client-envelope").await;
-    browser
-        .goto(&format!("http://{}/chat/", server.base()))
-        .await
-        .unwrap();
-    let result = browser
-        .execute_async(JS_ENVELOPE_CHECK, Vec::new())
-        .await
-        .expect("the script ran");
-    let _ = browser.close().await;
-    let events: Vec<&str> = result["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e.as_str().unwrap())
-        .collect();
+    let result = js_check("client-envelope", JS_ENVELOPE_CHECK).await;
+    let events = events(&result);
     assert_eq!(
         events,
         [
