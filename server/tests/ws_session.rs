@@ -221,6 +221,57 @@ async fn two_frames_in_one_segment_are_both_published() {
     assert_eq!(redis.cli(&["GET", "broadcast:t"]).trim(), "two");
 }
 
+/// A client sending faster than Redis answers: its frames are published in batches (one
+/// pipeline each), and nothing may be reordered, lost, echoed or stored out of turn. `n`
+/// frames go out in one write, followed by a close in the same write when `close`.
+async fn burst_from_one_socket(extra: &[&str], facility: &str, n: usize, close: bool) {
+    let (redis, server) = setup(extra).await;
+    let sq = format!("/ws/{facility}?subscribe-broadcast");
+    let mut sub = server.anon(&redis, &sq).await;
+    let pq = format!("/ws/{facility}?subscribe-broadcast&publish-broadcast");
+    let mut me = server.anon(&redis, &pq).await;
+    for i in 0..n {
+        me.feed(Message::text(format!("m{i}"))).await.unwrap();
+    }
+    if close {
+        me.close(None).await.unwrap();
+    } else {
+        me.flush().await.unwrap();
+    }
+    for i in 0..n {
+        assert_eq!(next_text(&mut sub).await, format!("m{i}"));
+    }
+    let key = format!("broadcast:{facility}");
+    assert_eq!(redis.cli(&["GET", &key]).trim(), format!("m{}", n - 1));
+    assert_eq!(server.stats.published.load(Ordering::Relaxed), n as u64);
+    if !close {
+        // Had any of its own come back, it would precede the marker (Redis keeps order).
+        redis.cli(&["PUBLISH", &key, "marker"]);
+        assert_eq!(next_text(&mut me).await, "marker");
+        assert_eq!(
+            server.stats.echo_suppressed.load(Ordering::Relaxed),
+            n as u64
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_from_one_socket_is_published_in_order_without_echo() {
+    // Within the echo filter's memory (64 own messages not yet come back).
+    burst_from_one_socket(&[], "burst", 60, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_then_a_close_publishes_every_message_first() {
+    burst_from_one_socket(&[], "burstc", 300, true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_keeps_its_order_in_the_history() {
+    burst_from_one_socket(&["--history", "hburst=500:600"], "hburst", 300, true).await;
+    burst_from_one_socket(&["--history", "hb2=500:600"], "hb2", 60, false).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn binary_stays_binary_and_text_stays_text() {
     let (redis, server) = setup(&[]).await;

@@ -119,6 +119,33 @@ fn single_attempt() -> Options {
     }
 }
 
+/// Await `futures` together, issuing them in the order given: every one is first polled in
+/// that order, so fred writes their commands to its one connection in that order (a socket's
+/// publishes reach Redis, and so every subscriber, as the socket sent them). Results come back
+/// in the same order. (`join_all` polls in order only below 30 futures.)
+pub(crate) async fn in_order<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
+    use futures_util::future::{MaybeDone, maybe_done};
+    let mut all: Vec<std::pin::Pin<Box<MaybeDone<F>>>> = futures
+        .into_iter()
+        .map(|f| Box::pin(maybe_done(f)))
+        .collect();
+    std::future::poll_fn(|cx| {
+        let mut done = true;
+        for f in &mut all {
+            done &= f.as_mut().poll(cx).is_ready();
+        }
+        if done {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await;
+    all.iter_mut()
+        .filter_map(|f| f.as_mut().take_output())
+        .collect()
+}
+
 /// A worker's connection to Redis. Cheap to clone; all clones share the two connections.
 #[derive(Clone)]
 pub struct Bus {
@@ -238,6 +265,23 @@ impl Bus {
         payload: Bytes,
         expire_secs: u64,
     ) -> Result<u64, BusError> {
+        self.publish_plain(channels, std::slice::from_ref(&payload), expire_secs)
+            .await
+    }
+
+    /// PUBLISH each of `bodies` (in order) to each channel and, when `expire_secs > 0`, `SET
+    /// channel body EX expire_secs` with the last body (the ws4redis persisted last message),
+    /// all in one pipeline. Returns how many subscribers Redis delivered to (summed over the
+    /// channels and bodies; one per subscribed worker or host, not per socket).
+    async fn publish_plain(
+        &self,
+        channels: &[String],
+        bodies: &[Bytes],
+        expire_secs: u64,
+    ) -> Result<u64, BusError> {
+        let Some(last) = bodies.last() else {
+            return Ok(0);
+        };
         if channels.is_empty() {
             return Ok(0);
         }
@@ -248,25 +292,26 @@ impl Bus {
         // Never queued behind a reconnect nor retried: a publish that is reported as failed
         // must not reach anyone later (fred would otherwise replay it once Redis is back).
         // Options apply per command, so the commands are issued one by one but concurrently:
-        // fred pipelines concurrent commands on its one connection, in the order given.
+        // fred pipelines concurrent commands on its one connection, in the order issued.
         let once = self.inner.commands.with_options(&single_attempt());
-        let publishes = channels
-            .iter()
-            .map(|c| once.publish::<Value, _, _>(c.as_str(), payload.clone()));
+        let publishes = bodies.iter().flat_map(|body| {
+            channels
+                .iter()
+                .map(|c| once.publish::<Value, _, _>(c.as_str(), body.clone()))
+        });
+        // Only the last body is stored: the earlier SETs would be overwritten at once.
         let stores = channels.iter().filter(|_| expire > 0).map(|c| {
             once.set::<Value, _, _>(
                 c.as_str(),
-                payload.clone(),
+                last.clone(),
                 Some(Expiration::EX(expire)),
                 None,
                 false,
             )
         });
-        let (published, stored) = futures_util::future::join(
-            futures_util::future::join_all(publishes),
-            futures_util::future::join_all(stores),
-        )
-        .await;
+        let (published, stored) =
+            futures_util::future::join(in_order(publishes.collect()), in_order(stores.collect()))
+                .await;
         let mut receivers = 0u64;
         for value in published {
             if let Value::Integer(n) = value? {

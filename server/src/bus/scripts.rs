@@ -95,10 +95,29 @@ impl Bus {
         expire_secs: u64,
         history: Option<Retention>,
     ) -> Result<u64, BusError> {
+        self.publish_all(
+            channels,
+            std::slice::from_ref(&payload),
+            expire_secs,
+            history,
+        )
+        .await
+    }
+
+    /// [`Bus::publish_with`] for several bodies, published in order as one pipeline (a
+    /// socket's burst of messages costs one round trip, not one each); on channels without
+    /// history only the last body is stored as the last message.
+    pub async fn publish_all(
+        &self,
+        channels: &[String],
+        bodies: &[Bytes],
+        expire_secs: u64,
+        history: Option<Retention>,
+    ) -> Result<u64, BusError> {
         let Some(retention) = history else {
-            return self.publish(channels, payload, expire_secs).await;
+            return self.publish_plain(channels, bodies, expire_secs).await;
         };
-        if channels.is_empty() {
+        if channels.is_empty() || bodies.is_empty() {
             return Ok(0);
         }
         if !self.inner.commands.is_connected() {
@@ -106,24 +125,26 @@ impl Bus {
         }
         let once = self.inner.commands.with_options(&super::single_attempt());
         let epoch = history::new_epoch();
-        let runs = channels.iter().map(|c| {
-            let args: Vec<Value> = vec![
-                payload.clone().into(),
-                i64::try_from(expire_secs).unwrap_or(i64::MAX).into(),
-                i64::from(retention.size).into(),
-                i64::try_from(retention.ttl_secs).unwrap_or(i64::MAX).into(),
-                epoch.as_str().into(),
-            ];
-            eval(
-                &once,
-                &self.inner.commands,
-                &self.inner.scripts.publish,
-                keys(c),
-                args,
-            )
+        let runs = bodies.iter().flat_map(|body| {
+            channels.iter().map(|c| {
+                let args: Vec<Value> = vec![
+                    body.clone().into(),
+                    i64::try_from(expire_secs).unwrap_or(i64::MAX).into(),
+                    i64::from(retention.size).into(),
+                    i64::try_from(retention.ttl_secs).unwrap_or(i64::MAX).into(),
+                    epoch.as_str().into(),
+                ];
+                eval(
+                    &once,
+                    &self.inner.commands,
+                    &self.inner.scripts.publish,
+                    keys(c),
+                    args,
+                )
+            })
         });
         let mut receivers = 0u64;
-        for result in futures_util::future::join_all(runs).await {
+        for result in super::in_order(runs.collect()).await {
             if let Some(Value::Integer(n)) = result?.into_array().into_iter().next() {
                 receivers += u64::try_from(n).unwrap_or(0);
             }

@@ -20,7 +20,7 @@ use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{Instant, sleep_until};
 use tokio_tungstenite::WebSocketStream;
@@ -41,6 +41,8 @@ mod presence_io;
 
 /// Most queued messages written with one flush.
 const MAX_BATCH: usize = 64;
+/// Most of a client's messages published with one Redis round trip.
+const MAX_PUBLISH_BATCH: usize = 32;
 
 /// Everything one session needs besides its socket; built by the upgrade handler.
 #[derive(Clone, Debug)]
@@ -156,7 +158,7 @@ impl Session {
             let step = tokio::select! {
                 biased;
                 _ = &mut going_away => Err(End::new(CloseReason::GoingAway)),
-                frame = ws.next() => self.on_frame(ws, frame).await,
+                frame = ws.next() => self.on_frames(ws, frame).await,
                 delivery = self.sub.recv() => match delivery {
                     Ok(d) => self.deliver(ws, d).await,
                     Err(Overflowed) => Err(End::new(CloseReason::Overloaded)),
@@ -220,11 +222,49 @@ impl Session {
         Ok(())
     }
 
+    /// Handle `first` and every further frame the client has already sent (up to
+    /// [`MAX_PUBLISH_BATCH`] messages to publish): the messages are published together, in
+    /// order, as one pipeline, so a client sending a burst waits one Redis round trip, not one
+    /// per message. Whatever ends the socket ends it after the messages before it are published.
+    async fn on_frames<S>(
+        &mut self,
+        ws: &mut WebSocketStream<S>,
+        first: Option<Result<Message, WsError>>,
+    ) -> Result<(), End>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let mut bodies = Vec::new();
+        let mut outcome = Ok(());
+        let mut next = Some(first);
+        while let Some(frame) = next.take() {
+            match self.on_frame(ws, frame).await {
+                Ok(Some(body)) => bodies.push(body),
+                Ok(None) => {}
+                Err(end) => {
+                    outcome = Err(end);
+                    break;
+                }
+            }
+            if bodies.len() < MAX_PUBLISH_BATCH {
+                // Polled without this task's waker: the main loop polls the stream again
+                // (with it) before it sleeps.
+                next = ws.next().now_or_never();
+            }
+        }
+        if !bodies.is_empty() {
+            // Boxed: the Redis commands' state would otherwise be part of every idle socket.
+            Box::pin(self.publish(bodies)).await?;
+        }
+        outcome
+    }
+
+    /// One frame from the client: `Some(body)` when it is a message to publish.
     async fn on_frame<S>(
         &mut self,
         ws: &mut WebSocketStream<S>,
         frame: Option<Result<Message, WsError>>,
-    ) -> Result<(), End>
+    ) -> Result<Option<Bytes>, End>
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
@@ -233,7 +273,7 @@ impl Session {
             Some(Ok(Message::Text(text))) => text.into(),
             Some(Ok(Message::Binary(bytes))) => bytes,
             // tungstenite answers pings itself; any frame proves the client alive.
-            Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => return Ok(()),
+            Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => return Ok(None),
             Some(Ok(Message::Close(_))) => return Err(End::new(CloseReason::Client)),
             Some(Err(e)) => return Err(End::new(read_error_reason(&e))),
             None => return Err(End::new(CloseReason::Abnormal)),
@@ -243,35 +283,40 @@ impl Session {
             && body[..] == *hb.as_bytes()
         {
             // The client's heartbeat is answered, never published (ws4redis.js counts on it).
-            return self.heartbeat(ws).await;
+            self.heartbeat(ws).await?;
+            return Ok(None);
         }
         if body.is_empty() || self.ctx.channels.publish.is_empty() {
-            return Ok(());
+            return Ok(None);
         }
-        // Boxed: the Redis command's state would otherwise be part of every idle socket.
-        Box::pin(self.publish(body)).await
+        Ok(Some(body))
     }
 
-    async fn publish(&mut self, body: Bytes) -> Result<(), End> {
-        self.echo.published(&body);
+    async fn publish(&mut self, bodies: Vec<Bytes>) -> Result<(), End> {
+        for body in &bodies {
+            self.echo.published(body);
+        }
         let expire = self.ctx.settings.expire;
         match self
             .ctx
             .bus
-            .publish_with(
+            .publish_all(
                 &self.ctx.channels.publish,
-                body.clone(),
+                &bodies,
                 expire,
                 self.ctx.history,
             )
             .await
         {
             Ok(_) => {
-                Stats::inc(&self.ctx.stats.published);
+                Stats::add(&self.ctx.stats.published, bodies.len() as u64);
                 Ok(())
             }
             Err(e) => {
-                self.echo.unpublished(&body);
+                // Newest first: each undoes the last one remembered.
+                for body in bodies.iter().rev() {
+                    self.echo.unpublished(body);
+                }
                 tracing::info!(error = %e, "publish failed; closing the socket");
                 Err(End::new(match e {
                     BusError::Unavailable => CloseReason::RedisDown,
