@@ -15,7 +15,7 @@ help:
 	@echo "make build           release build"
 	@echo "make lint            cargo fmt --check and clippy -D warnings"
 	@echo "make bench-http      wrk against /healthz with 1 and N workers, and respawn latency"
-	@echo "make stress          seed, seed-live, fanout, throughput (vs plain TCP), idle, recovery; results in stress/results/"
+	@echo "make stress          seed, seed-live, fanout, sweep and throughput (vs plain TCP), idle, recovery; results in stress/results/"
 	@echo "make stress-nginx    the same scenarios through NGINX; results in stress/results/nginx/"
 	@echo "make fuzz            every fuzz target in fuzz/ for FUZZ_SECONDS (30) each (cargo-fuzz, nightly)"
 	@echo "make conformance     the Autobahn websocket testsuite against the server (Python 2 via pip)"
@@ -83,6 +83,7 @@ stress: deps
 	$(STRESS) seed $(STRESS_ARGS)
 	$(STRESS) seed-live $(STRESS_ARGS)
 	$(STRESS) fanout $(STRESS_ARGS) -n 10000 -m 100 -r 10
+	$(STRESS) sweep $(STRESS_ARGS) --sizes 1000,2500,5000,10000 -m 50 -r 10
 	$(STRESS) throughput $(STRESS_ARGS) --publisher redis -d 10 --baseline
 	$(STRESS) throughput $(STRESS_ARGS) --name throughput-ws -d 5 --baseline
 	$(STRESS) idle $(STRESS_ARGS) -n $(IDLE_SOCKETS) --hold 5

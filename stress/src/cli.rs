@@ -37,6 +37,9 @@ pub enum Command {
     /// N envelope subscribers on a history facility, sockets dropped and reconnected with
     /// `recover=` in waves while messages flow; every number exactly once and in order.
     Recovery(Recovery),
+    /// `fanout` at several numbers of subscribers, against wsredis and the plain TCP baseline:
+    /// how the last delivery's latency grows with the subscribers (table, JSON, chart).
+    Sweep(Sweep),
     /// (internal) The plain TCP baseline server.
     #[command(hide = true)]
     BaselineServer(BaselineServer),
@@ -153,6 +156,17 @@ pub struct Fanout {
     /// Run only against the plain TCP baseline.
     #[arg(long, conflicts_with = "baseline")]
     pub baseline_only: bool,
+}
+
+/// `sweep`.
+#[derive(Debug, Args, Clone)]
+pub struct Sweep {
+    /// The fan-out run at each size (its -n is ignored; --baseline is implied).
+    #[command(flatten)]
+    pub fanout: Fanout,
+    /// Numbers of subscribers, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1000,2500,5000,10000")]
+    pub sizes: Vec<usize>,
 }
 
 /// `idle`.

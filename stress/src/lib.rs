@@ -13,6 +13,7 @@
 //! - [`body`]: the measured message body (sequence number and send time).
 //! - [`tracker`]: delivery accounting: loss, order, completion, latency histograms.
 //! - [`scenario`]: `seed`, `seed-live`/`fanout`/`throughput`, `idle`, `chat`, `recovery`.
+//! - [`sweep`]: `fanout` at several sizes against both, to show how the cost grows.
 //! - [`baseline`]: the plain TCP relay the report compares against.
 //! - [`procfs`]: the server's memory and CPU from /proc.
 //! - [`report`]: the table, the JSON, the latency plot.
@@ -30,4 +31,5 @@ pub mod procfs;
 pub mod publish;
 pub mod report;
 pub mod scenario;
+pub mod sweep;
 pub mod tracker;

@@ -13,6 +13,7 @@ use wsredis_stress::env::{Env, cpus};
 use wsredis_stress::publish::Mode;
 use wsredis_stress::report::{Report, Versus};
 use wsredis_stress::scenario::{chat, fanout, idle, recovery, seed};
+use wsredis_stress::sweep;
 
 /// Something was lost, reordered, or a socket failed.
 const EXIT_LOSS: u8 = 1;
@@ -73,6 +74,23 @@ fn run(command: Command) -> anyhow::Result<bool> {
             let env = Env::wsredis(&c, a.subscribers)?;
             let report = runtime(&c)?.block_on(recovery::run(&a, &c, &env));
             (c, report)
+        }
+        Command::Sweep(a) => {
+            let c = &a.fanout.common;
+            let sweep = sweep::run(&runtime(c)?, &a.fanout, &a.sizes)?;
+            let json = serde_json::to_string_pretty(&sweep)?;
+            if c.json {
+                println!("{json}");
+            } else {
+                print!("{}", sweep.table());
+            }
+            if let Some(dir) = &c.out {
+                let name = c.name.clone().unwrap_or_else(|| "sweep".into());
+                write(dir, &format!("{name}.json"), &json)?;
+                write(dir, &format!("{name}.txt"), &sweep.table())?;
+                write(dir, &format!("{name}.svg"), &sweep.svg())?;
+            }
+            return Ok(sweep.ok());
         }
         Command::BaselineServer(_) => unreachable!("handled in main"),
     };

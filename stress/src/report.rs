@@ -356,14 +356,61 @@ impl Report {
                 &v.baseline_latency_ms,
             ));
         }
-        svg_plot(
+        // x: log10(1 / (1 − p/100)), 0 (p0) to 5 (p99.999); y: log10(ms), 0.01 ms to 10 s.
+        let percentile = |p: f64| -((1.0 - p / 100.0).max(1e-5).log10()) / 5.0;
+        let log_ms = |ms: f64| (ms.max(0.01).log10().clamp(-2.0, 4.0) + 2.0) / 6.0;
+        let ticks = |v: &[f64]| v.iter().map(|&t| (t, format!("{t}"))).collect();
+        let lines: Vec<Line<'_>> = series
+            .iter()
+            .filter(|(_, _, p)| !p.curve.is_empty())
+            .map(|&(name, color, p)| Line {
+                name,
+                color,
+                dashed: false,
+                points: p.curve.clone(),
+            })
+            .collect();
+        svg_chart(
             &format!(
                 "{} against {}: publish-to-delivery latency",
                 self.scenario, self.target
             ),
-            &series,
+            &Axis {
+                label: "percentile",
+                at: &percentile,
+                ticks: ticks(&[0.0, 90.0, 99.0, 99.9, 99.99, 99.999]),
+            },
+            &Axis {
+                label: "ms",
+                at: &log_ms,
+                ticks: ticks(&[0.01, 0.1, 1.0, 10.0, 100.0, 1000.0, 10000.0]),
+            },
+            &lines,
         )
     }
+}
+
+/// One axis of a chart: where a value lands (0 = the axis's start, 1 = its end), the values
+/// with a gridline, and the axis's name.
+pub struct Axis<'a> {
+    /// Printed beside the axis.
+    pub label: &'a str,
+    /// Value → position along the axis, 0 to 1.
+    pub at: &'a dyn Fn(f64) -> f64,
+    /// Gridlines: (value, text).
+    pub ticks: Vec<(f64, String)>,
+}
+
+/// One line of a chart.
+pub struct Line<'a> {
+    /// Its name in the legend.
+    pub name: &'a str,
+    /// Its colour (SVG).
+    pub color: &'a str,
+    /// Drawn dashed (for references such as the baseline).
+    pub dashed: bool,
+    /// (x, y) points, in the axes' values.
+    pub points: Vec<(f64, f64)>,
 }
 
 const W: f64 = 720.0;
@@ -373,17 +420,10 @@ const RIGHT: f64 = 20.0;
 const TOP: f64 = 40.0;
 const BOTTOM: f64 = 60.0;
 
-fn svg_plot(title: &str, series: &[(&str, &str, &Percentiles)]) -> String {
-    // x: log10(1 / (1 − p/100)), 0 (p0) to 5 (p99.999); y: log10(ms), 0.01 ms to 10 s.
-    let x_of = |p: f64| {
-        let q = (1.0 - p / 100.0).max(1e-5);
-        LEFT + (-(q.log10())) / 5.0 * (W - LEFT - RIGHT)
-    };
-    let (y_lo, y_hi) = (-2.0f64, 4.0f64);
-    let y_of = |ms: f64| {
-        let l = ms.max(0.01).log10().clamp(y_lo, y_hi);
-        TOP + (y_hi - l) / (y_hi - y_lo) * (H - TOP - BOTTOM)
-    };
+/// A line chart as SVG, with gridlines, axis names and a legend.
+pub fn svg_chart(title: &str, x: &Axis<'_>, y: &Axis<'_>, lines: &[Line<'_>]) -> String {
+    let x_of = |v: f64| LEFT + (x.at)(v).clamp(0.0, 1.0) * (W - LEFT - RIGHT);
+    let y_of = |v: f64| H - BOTTOM - (y.at)(v).clamp(0.0, 1.0) * (H - TOP - BOTTOM);
     let mut s = String::new();
     let _ = writeln!(
         s,
@@ -396,87 +436,80 @@ fn svg_plot(title: &str, series: &[(&str, &str, &Percentiles)]) -> String {
         W / 2.0,
         escape(title)
     );
-    for (p, label) in [
-        (0.0, "0"),
-        (90.0, "90"),
-        (99.0, "99"),
-        (99.9, "99.9"),
-        (99.99, "99.99"),
-        (99.999, "99.999"),
-    ] {
-        let x = x_of(p);
+    for (v, label) in &x.ticks {
+        let px = x_of(*v);
         let _ = writeln!(
             s,
-            r##"<line x1="{x}" y1="{TOP}" x2="{x}" y2="{}" stroke="#ddd"/>"##,
+            r##"<line x1="{px}" y1="{TOP}" x2="{px}" y2="{}" stroke="#ddd"/>"##,
             H - BOTTOM
         );
         let _ = writeln!(
             s,
-            r#"<text x="{x}" y="{}" text-anchor="middle">{label}</text>"#,
-            H - BOTTOM + 16.0
+            r#"<text x="{px}" y="{}" text-anchor="middle">{}</text>"#,
+            H - BOTTOM + 16.0,
+            escape(label)
         );
     }
     let _ = writeln!(
         s,
-        r#"<text x="{}" y="{}" text-anchor="middle">percentile</text>"#,
+        r#"<text x="{}" y="{}" text-anchor="middle">{}</text>"#,
         W / 2.0,
-        H - 18.0
+        H - 18.0,
+        escape(x.label)
     );
-    for (v, label) in [
-        (0.01, "0.01"),
-        (0.1, "0.1"),
-        (1.0, "1"),
-        (10.0, "10"),
-        (100.0, "100"),
-        (1000.0, "1000"),
-        (10000.0, "10000"),
-    ] {
-        let y = y_of(v);
+    for (v, label) in &y.ticks {
+        let py = y_of(*v);
         let _ = writeln!(
             s,
-            r##"<line x1="{LEFT}" y1="{y}" x2="{}" y2="{y}" stroke="#ddd"/>"##,
+            r##"<line x1="{LEFT}" y1="{py}" x2="{}" y2="{py}" stroke="#ddd"/>"##,
             W - RIGHT
         );
         let _ = writeln!(
             s,
-            r#"<text x="{}" y="{}" text-anchor="end">{label}</text>"#,
+            r#"<text x="{}" y="{}" text-anchor="end">{}</text>"#,
             LEFT - 6.0,
-            y + 4.0
+            py + 4.0,
+            escape(label)
         );
     }
     let _ = writeln!(
         s,
-        r#"<text x="16" y="{}" transform="rotate(-90 16 {})" text-anchor="middle">ms</text>"#,
+        r#"<text x="16" y="{}" transform="rotate(-90 16 {})" text-anchor="middle">{}</text>"#,
         H / 2.0,
-        H / 2.0
+        H / 2.0,
+        escape(y.label)
     );
-    for (i, (name, color, p)) in series.iter().enumerate() {
-        if p.curve.is_empty() {
-            continue;
-        }
-        let pts: Vec<String> = p
-            .curve
+    for (i, line) in lines.iter().enumerate() {
+        let dash = if line.dashed {
+            r#" stroke-dasharray="6 4""#
+        } else {
+            ""
+        };
+        let pts: Vec<String> = line
+            .points
             .iter()
-            .map(|&(pc, ms)| format!("{:.1},{:.1}", x_of(pc), y_of(ms)))
+            .map(|&(px, py)| format!("{:.1},{:.1}", x_of(px), y_of(py)))
             .collect();
         let _ = writeln!(
             s,
-            r#"<polyline fill="none" stroke="{color}" stroke-width="2" points="{}"/>"#,
+            r#"<polyline fill="none" stroke="{}" stroke-width="2"{dash} points="{}"/>"#,
+            line.color,
             pts.join(" ")
         );
         let ly = TOP + 14.0 + 16.0 * i as f64;
         let _ = writeln!(
             s,
-            r#"<line x1="{}" y1="{ly}" x2="{}" y2="{ly}" stroke="{color}" stroke-width="2"/>"#,
+            r#"<line x1="{}" y1="{ly}" x2="{}" y2="{ly}" stroke="{}" stroke-width="2"{dash}/>"#,
             LEFT + 10.0,
-            LEFT + 30.0
+            LEFT + 30.0,
+            line.color
         );
         let _ = writeln!(
             s,
             r#"<text x="{}" y="{}">{}</text>"#,
             LEFT + 36.0,
             ly + 4.0,
-            escape(name)
+            escape(line.name)
         );
     }
     s.push_str("</svg>\n");

@@ -115,6 +115,21 @@ fn throughput_with_the_baseline_alongside() {
 }
 
 #[test]
+fn sweep_runs_each_size_against_both_and_loses_nothing() {
+    let r = run(&["sweep", "--sizes", "50,150", "-m", "10", "-r", "100"]);
+    let points = r["points"].as_array().expect("points");
+    assert_eq!(points.len(), 2, "{r:#}");
+    for (p, n) in points.iter().zip([50u64, 150]) {
+        assert_eq!(p["subscribers"], n);
+        assert_eq!(p["ours"]["target"], "wsredis");
+        assert_eq!(p["baseline"]["target"], "baseline");
+        assert_all_delivered(&p["ours"], n * 10);
+        assert_all_delivered(&p["baseline"], n * 10);
+        assert_eq!(p["ours"]["last_delivery_ms"]["count"], 10);
+    }
+}
+
+#[test]
 fn idle_holds_every_socket_and_reads_the_memory() {
     let r = run(&["idle", "-n", "200", "--hold", "0.5"]);
     assert_eq!(r["lost"], 0, "{r:#}");
