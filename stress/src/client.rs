@@ -63,6 +63,15 @@ pub async fn tcp_connect(addr: SocketAddr, source: Option<IpAddr>) -> std::io::R
         TcpSocket::new_v6()?
     };
     if let Some(ip) = source {
+        // The port is picked at connect, not at bind: the kernel may then reuse a port whose
+        // earlier connection lingers in TIME_WAIT (loopback), and consecutive runs of tens of
+        // thousands of sockets do not run out of ports.
+        nix::sys::socket::setsockopt(
+            &socket,
+            nix::sys::socket::sockopt::IpBindAddressNoPort,
+            &true,
+        )
+        .map_err(std::io::Error::from)?;
         socket.bind(SocketAddr::new(ip, 0))?;
     }
     let stream = socket.connect(addr).await?;
