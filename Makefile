@@ -5,7 +5,7 @@ BIN := target/release/wsredis
 PORT ?= 8000
 WORKERS ?= $(shell nproc)
 
-.PHONY: help deps deps-deploy deps-django build test lint unit chaos run-standalone run-behind-nginx bench-http stress stress-nginx fuzz conformance clean
+.PHONY: help deps deps-deploy deps-django build test lint unit chaos run-standalone run-behind-nginx bench-http stress stress-nginx profile fuzz conformance clean
 
 help:
 	@echo "make run-standalone  build and start the server on :$(PORT) (all set-up included)"
@@ -16,6 +16,7 @@ help:
 	@echo "make lint            cargo fmt --check and clippy -D warnings"
 	@echo "make bench-http      wrk against /healthz with 1 and N workers, and respawn latency"
 	@echo "make stress          seed, seed-live, fanout, sweep and throughput (vs plain TCP), idle, recovery; results in stress/results/"
+	@echo "make profile         perf and a flamegraph of a 10,000-subscriber fan-out; stress/results/profile/"
 	@echo "make stress-nginx    the same scenarios through NGINX; results in stress/results/nginx/"
 	@echo "make fuzz            every fuzz target in fuzz/ for FUZZ_SECONDS (30) each (cargo-fuzz, nightly)"
 	@echo "make conformance     the Autobahn websocket testsuite against the server (Python 2 via pip)"
@@ -88,6 +89,11 @@ stress: deps
 	$(STRESS) throughput $(STRESS_ARGS) --name throughput-ws -d 5 --baseline
 	$(STRESS) idle $(STRESS_ARGS) -n $(IDLE_SOCKETS) --hold 5
 	$(STRESS) recovery $(STRESS_ARGS) -n 5000 -d 10 -r 20
+
+# perf + flamegraph of a 10,000-subscriber fan-out: stress/results/profile/.
+profile: deps
+	$(CARGO) build --release --locked -p wsredis -p wsredis-stress
+	STRESS_OUT=$(STRESS_OUT) stress/profile.sh $(BIN) $(STRESS)
 
 stress-nginx: deps
 	$(CARGO) build --release --locked -p wsredis -p wsredis-stress
