@@ -63,6 +63,16 @@ pub async fn tcp_connect(addr: SocketAddr, source: Option<IpAddr>) -> std::io::R
         TcpSocket::new_v6()?
     };
     if let Some(ip) = source {
+        // Let connect choose the port (by the whole 4-tuple) instead of bind reserving one:
+        // bind searches the source's ephemeral range for a port no socket holds, which grows
+        // slow as tens of thousands of them fill it.
+        #[cfg(target_os = "linux")]
+        nix::sys::socket::setsockopt(
+            &socket,
+            nix::sys::socket::sockopt::IpBindAddressNoPort,
+            &true,
+        )
+        .map_err(std::io::Error::from)?;
         socket.bind(SocketAddr::new(ip, 0))?;
     }
     let stream = socket.connect(addr).await?;

@@ -167,8 +167,19 @@ fn recovery_loses_and_duplicates_nothing_across_dropped_sockets() {
 #[test]
 fn idle_over_several_processes_counts_every_socket() {
     // --per-process 100 forces the path a run past the open-files limit takes: three child
-    // processes of the tool, each holding 100 sockets, reporting to the parent.
-    let r = run(&["idle", "-n", "300", "--per-process", "100", "--hold", "0.5"]);
+    // processes of the tool, each holding 100 sockets, reporting to the parent; --sources 2
+    // the one of a big run, whose sockets come from 127.0.0.2 and 127.0.0.3.
+    let r = run(&[
+        "idle",
+        "-n",
+        "300",
+        "--per-process",
+        "100",
+        "--sources",
+        "2",
+        "--hold",
+        "0.5",
+    ]);
     assert_eq!(r["params"]["tool_processes"], 3, "{r:#}");
     assert_eq!(r["params"]["workers"], 2, "{r:#}");
     assert_eq!(r["connect"]["sockets"], 300, "{r:#}");
