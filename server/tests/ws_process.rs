@@ -591,3 +591,63 @@ async fn redis_through_sentinel() {
     let _ = sentinel.wait();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A worker whose open-files limit runs out answers 503 rather than leaving clients hanging in
+/// the kernel's accept queue (accept failing with EMFILE), and keeps serving what it holds.
+#[tokio::test]
+async fn a_worker_out_of_files_refuses_instead_of_hanging() {
+    // 600 files: 600 − 512 reserved leaves the worker 88 for connections. Without the budget
+    // it accepted until EMFILE (~560 sockets) and every later client waited in silence.
+    const NOFILE: u64 = 600;
+    const SOCKETS: usize = 650;
+    let server = Server::start_with_nofile(&["--workers", "1"], NOFILE);
+    let base = server.base();
+    let workers = server.worker_pids();
+    let (mut held, mut refused) = (Vec::new(), 0);
+    for i in 0..SOCKETS {
+        let opened = tokio::time::timeout(
+            Duration::from_secs(5),
+            connect(&base, "/ws/foo?subscribe-broadcast", None),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("socket {i} got no answer within 5 s"));
+        match opened {
+            Ok(ws) => held.push(ws),
+            Err(e) => {
+                assert!(e.contains("503"), "socket {i}: {e}");
+                refused += 1;
+            }
+        }
+    }
+    assert!(
+        (80..=88).contains(&held.len()),
+        "held {} of a budget of 88",
+        held.len()
+    );
+    assert_eq!(held.len() + refused, SOCKETS);
+    // What it holds still works.
+    let redis = server.redis.as_ref().unwrap();
+    redis.cli(&["PUBLISH", "broadcast:foo", "still here"]);
+    for ws in held.iter_mut() {
+        assert_eq!(next_text(ws).await.as_deref(), Some("still here"));
+    }
+    // Room again once sockets close.
+    held.truncate(held.len() - 10);
+    let mut reopened = false;
+    for _ in 0..50 {
+        if connect(&base, "/ws/foo?subscribe-broadcast", None)
+            .await
+            .is_ok()
+        {
+            reopened = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(reopened, "a closed socket's file is free again");
+    assert_eq!(
+        server.worker_pids(),
+        workers,
+        "the worker was never replaced"
+    );
+}

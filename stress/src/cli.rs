@@ -1,7 +1,7 @@
 //! The command line: one subcommand per scenario, each with the common options that say what
 //! to run against and where the results go.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
@@ -43,6 +43,9 @@ pub enum Command {
     /// (internal) The plain TCP baseline server.
     #[command(hide = true)]
     BaselineServer(BaselineServer),
+    /// (internal) One child process of `idle`, holding its share of the sockets.
+    #[command(hide = true)]
+    IdleShard(IdleShard),
 }
 
 /// What to run against and how to report; shared by every scenario.
@@ -181,6 +184,24 @@ pub struct Idle {
     /// Seconds to hold them open after all connected (the server pings meanwhile).
     #[arg(long, default_value_t = 5.0)]
     pub hold: f64,
+    /// Most sockets one process of the tool holds; more are split over child processes
+    /// (default: 90 % of the hard open-files limit).
+    #[arg(long, hide = true)]
+    pub per_process: Option<usize>,
+}
+
+/// `idle-shard`: started by `idle` with the run's common options (`--url` set to the server).
+#[derive(Debug, Args, Clone)]
+pub struct IdleShard {
+    /// Options shared by every scenario.
+    #[command(flatten)]
+    pub common: Common,
+    /// Sockets this process holds.
+    #[arg(long)]
+    pub count: usize,
+    /// Source addresses, in the order this process's sockets use them (empty: the kernel's).
+    #[arg(long, value_delimiter = ',')]
+    pub source: Vec<IpAddr>,
 }
 
 /// `chat`.

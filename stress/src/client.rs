@@ -63,9 +63,10 @@ pub async fn tcp_connect(addr: SocketAddr, source: Option<IpAddr>) -> std::io::R
         TcpSocket::new_v6()?
     };
     if let Some(ip) = source {
-        // The port is picked at connect, not at bind: the kernel may then reuse a port whose
-        // earlier connection lingers in TIME_WAIT (loopback), and consecutive runs of tens of
-        // thousands of sockets do not run out of ports.
+        // Let connect choose the port (by the whole 4-tuple) instead of bind reserving one:
+        // bind searches the source's ephemeral range for a port no socket holds, which grows
+        // slow as tens of thousands of them fill it.
+        #[cfg(target_os = "linux")]
         nix::sys::socket::setsockopt(
             &socket,
             nix::sys::socket::sockopt::IpBindAddressNoPort,

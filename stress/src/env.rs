@@ -8,6 +8,8 @@ use crate::client::Endpoint;
 use crate::launch::{self, LaunchError, Proc};
 use crate::publish::Targets;
 
+/// Open files a process of the tool keeps free besides its client sockets.
+pub const FILES_MARGIN: u64 = 1024;
 /// Client sockets per loopback source address (the ephemeral range holds about 28k).
 const SOCKETS_PER_SOURCE: usize = 20_000;
 
@@ -36,7 +38,9 @@ impl std::fmt::Debug for Env {
     }
 }
 
-fn sources(want: usize, sockets: usize) -> Vec<Option<IpAddr>> {
+/// Source addresses for `sockets` client sockets: `want` of them (0 = as many as the
+/// sockets need, none for a few thousand).
+pub fn sources(want: usize, sockets: usize) -> Vec<Option<IpAddr>> {
     let n = if want > 0 {
         want
     } else if sockets > SOCKETS_PER_SOURCE / 2 {
@@ -58,17 +62,18 @@ fn redis_addr(url: &str) -> Option<SocketAddr> {
     hostport.to_socket_addrs().ok()?.next()
 }
 
-/// Raise the open-files limit for `sockets` client sockets, or say plainly that it cannot be
-/// raised far enough (an unprivileged user or a container keeps the hard limit).
-fn enough_files(sockets: usize) -> Result<(), LaunchError> {
+/// Raise the open-files limit for `sockets` client sockets in all (the started server
+/// inherits it), or say plainly that this process cannot hold the `held` of them it will (an
+/// unprivileged user or a container keeps the hard limit).
+fn enough_files(sockets: usize, held: usize) -> Result<(), LaunchError> {
     let want = files_needed(sockets);
     let got = launch::raise_nofile(want)?;
-    if got < sockets as u64 + 1024 {
+    if got < held as u64 + FILES_MARGIN {
         return Err(LaunchError::Rlimit(
             want,
             std::io::Error::other(format!(
                 "the hard limit is {got}: at most about {} sockets from one process here",
-                got.saturating_sub(1024)
+                got.saturating_sub(FILES_MARGIN)
             )),
         ));
     }
@@ -83,7 +88,13 @@ pub fn files_needed(sockets: usize) -> u64 {
 impl Env {
     /// Set up the run against wsredis: start Redis and the server if asked, else use --url.
     pub fn wsredis(c: &Common, sockets: usize) -> Result<Env, LaunchError> {
-        enough_files(sockets)?;
+        Self::wsredis_holding(c, sockets, sockets)
+    }
+
+    /// [`Env::wsredis`] for a run of `sockets` client sockets of which this process holds
+    /// only `held` (the others are held by child processes of the tool).
+    pub fn wsredis_holding(c: &Common, sockets: usize, held: usize) -> Result<Env, LaunchError> {
+        enough_files(sockets, held)?;
         let mut procs = Vec::new();
         let (server, server_pid, redis_pid, redis_url) = match &c.server_bin {
             Some(bin) => {
@@ -118,7 +129,7 @@ impl Env {
             },
             server_pid,
             redis_pid,
-            sources: sources(c.sources, sockets),
+            sources: sources(c.sources, held),
             kind: "wsredis",
             _procs: procs,
         })
@@ -126,7 +137,7 @@ impl Env {
 
     /// Set up the run against the plain TCP baseline (this tool's `baseline-server`).
     pub fn baseline(c: &Common, sockets: usize) -> Result<Env, LaunchError> {
-        enough_files(sockets)?;
+        enough_files(sockets, sockets)?;
         let exe =
             std::env::current_exe().map_err(|e| LaunchError::Spawn("wsredis-stress".into(), e))?;
         let threads = c.workers.unwrap_or_else(cpus);

@@ -53,6 +53,13 @@ pub fn raise_nofile(want: u64) -> Result<u64, LaunchError> {
     }
 }
 
+/// The hard open-files limit of this process (what no unprivileged process can raise).
+pub fn nofile_hard() -> u64 {
+    rlimit::Resource::NOFILE
+        .get()
+        .map_or(1024, |(_, hard)| hard)
+}
+
 /// A free TCP port on 127.0.0.1.
 pub fn free_port() -> std::io::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())

@@ -8,11 +8,11 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 use wsredis_stress::baseline;
-use wsredis_stress::cli::{Cli, Command, Common};
+use wsredis_stress::cli::{Cli, Command, Common, IdleShard};
 use wsredis_stress::env::{Env, cpus};
 use wsredis_stress::publish::Mode;
 use wsredis_stress::report::{Report, Versus};
-use wsredis_stress::scenario::{chat, fanout, idle, recovery, seed};
+use wsredis_stress::scenario::{chat, fanout, idle, recovery, seed, shard};
 use wsredis_stress::sweep;
 
 /// Something was lost, reordered, or a socket failed.
@@ -27,6 +27,16 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("wsredis-stress baseline-server: {e}");
+                ExitCode::from(EXIT_SETUP)
+            }
+        };
+    }
+    if let Command::IdleShard(a) = &cli.command {
+        shard::die_with_parent();
+        return match idle_shard(a) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("wsredis-stress idle-shard: {e:#}");
                 ExitCode::from(EXIT_SETUP)
             }
         };
@@ -49,6 +59,17 @@ fn runtime(c: &Common) -> anyhow::Result<tokio::runtime::Runtime> {
         .context("building the runtime")
 }
 
+/// A child of `idle`: hold its sockets, using the source addresses in the order given.
+fn idle_shard(a: &IdleShard) -> anyhow::Result<()> {
+    let mut env = Env::wsredis(&a.common, a.count)?;
+    if !a.source.is_empty() {
+        env.sources = a.source.iter().copied().map(Some).collect();
+    }
+    runtime(&a.common)?
+        .block_on(shard::child(a, &env))
+        .context("reporting to the parent")
+}
+
 fn run(command: Command) -> anyhow::Result<bool> {
     let (common, report) = match command {
         Command::Seed(a) => {
@@ -59,9 +80,11 @@ fn run(command: Command) -> anyhow::Result<bool> {
         Command::SeedLive(a) => fan("seed-live", a)?,
         Command::Fanout(a) => fan("fanout", a)?,
         Command::Throughput(a) => fan("throughput", a)?,
-        Command::Idle(a) => {
-            let env = Env::wsredis(&a.common, a.sockets)?;
-            let report = runtime(&a.common)?.block_on(idle::run(&a, &env));
+        Command::Idle(mut a) => {
+            let plan = idle::Plan::here(&a);
+            a.common.workers = Some(plan.workers);
+            let env = Env::wsredis_holding(&a.common, a.sockets, plan.held_here(a.sockets))?;
+            let report = runtime(&a.common)?.block_on(idle::run(&a, &plan, &env));
             (a.common, report)
         }
         Command::Chat(a) => {
@@ -92,7 +115,7 @@ fn run(command: Command) -> anyhow::Result<bool> {
             }
             return Ok(sweep.ok());
         }
-        Command::BaselineServer(_) => unreachable!("handled in main"),
+        Command::BaselineServer(_) | Command::IdleShard(_) => unreachable!("handled in main"),
     };
     emit(&common, &report)?;
     Ok(report.ok())

@@ -83,6 +83,14 @@ pub fn memory(pid: i32) -> Memory {
     m
 }
 
+/// Open files of `pid` and of each of its children, in [`tree`] order (the master first).
+pub fn open_files(pid: i32) -> Vec<usize> {
+    tree(pid)
+        .into_iter()
+        .map(|p| std::fs::read_dir(format!("/proc/{p}/fd")).map_or(0, |d| d.count()))
+        .collect()
+}
+
 /// Kernel slab memory of the whole machine, KiB (sockets live there).
 pub fn slab_kib() -> u64 {
     std::fs::read_to_string("/proc/meminfo")

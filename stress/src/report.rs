@@ -69,6 +69,10 @@ pub struct Connect {
     pub seconds: f64,
     /// Connect + upgrade time per socket.
     pub per_socket_ms: Percentiles,
+    /// The same times as a histogram (microseconds), so that the reports of several
+    /// processes merge exactly.
+    #[serde(skip)]
+    pub times_us: Option<Histogram<u64>>,
 }
 
 /// Memory of the server around the connects (idle scenario).
@@ -84,6 +88,9 @@ pub struct MemoryReport {
     pub pss_per_socket_kib: f64,
     /// Growth of the machine's kernel slab per socket pair (client and server end), KiB.
     pub kernel_slab_per_socket_kib: f64,
+    /// Open files of the master and of each worker with every socket held (how evenly the
+    /// workers share them, and how far each is from its open-files limit).
+    pub open_files: Vec<usize>,
 }
 
 /// Sockets dropped and reconnected with `recover=` (recovery scenario).
@@ -277,6 +284,12 @@ impl Report {
                     m.rss_per_socket_kib, m.pss_per_socket_kib, m.kernel_slab_per_socket_kib
                 ),
             );
+            if let Some((master, workers)) = m.open_files.split_first() {
+                row(
+                    "server open files",
+                    format!("master {master}, workers {workers:?}"),
+                );
+            }
         }
         if let Some(r) = &self.recovery {
             row(

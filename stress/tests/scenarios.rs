@@ -133,6 +133,10 @@ fn sweep_runs_each_size_against_both_and_loses_nothing() {
 fn idle_holds_every_socket_and_reads_the_memory() {
     let r = run(&["idle", "-n", "200", "--hold", "0.5"]);
     assert_eq!(r["lost"], 0, "{r:#}");
+    assert_eq!(
+        r["params"]["tool_processes"], 1,
+        "200 fit in this process: {r:#}"
+    );
     let m = &r["memory"];
     assert!(m["after"]["rss_kib"].as_u64().unwrap() > 0, "{r:#}");
     assert_eq!(m["after"]["processes"], 3, "master and two workers");
@@ -173,4 +177,39 @@ fn recovery_loses_and_duplicates_nothing_across_dropped_sockets() {
     assert_eq!(rec["recovered"], 300, "each reconnect recovers: {r:#}");
     assert_eq!(rec["recovery_failed"], 0, "{r:#}");
     assert_eq!(rec["duplicated"], 0, "{r:#}");
+}
+
+#[test]
+fn idle_over_several_processes_counts_every_socket() {
+    // --per-process 100 forces the path a run past the open-files limit takes: three child
+    // processes of the tool, each holding 100 sockets, reporting to the parent; --sources 2
+    // the one of a big run, whose sockets come from 127.0.0.2 and 127.0.0.3.
+    let r = run(&[
+        "idle",
+        "-n",
+        "300",
+        "--per-process",
+        "100",
+        "--sources",
+        "2",
+        "--hold",
+        "0.5",
+    ]);
+    assert_eq!(r["params"]["tool_processes"], 3, "{r:#}");
+    assert_eq!(r["params"]["workers"], 2, "{r:#}");
+    assert_eq!(r["connect"]["sockets"], 300, "{r:#}");
+    assert_eq!(r["connect"]["failed"], 0, "{r:#}");
+    assert_eq!(
+        r["connect"]["per_socket_ms"]["count"], 300,
+        "every child's connect times merged: {r:#}"
+    );
+    assert_eq!(r["expected"], 300, "{r:#}");
+    assert_eq!(r["delivered"], 300, "all held to the end: {r:#}");
+    assert_eq!(r["lost"], 0, "{r:#}");
+    assert_eq!(r["closed"], serde_json::json!({}), "{r:#}");
+    // The server holds them: its workers' open files grew by at least the 300 sockets.
+    let files = r["memory"]["open_files"].as_array().expect("open files");
+    assert_eq!(files.len(), 3, "master and two workers: {r:#}");
+    let workers: u64 = files[1..].iter().map(|f| f.as_u64().unwrap()).sum();
+    assert!(workers >= 300, "{r:#}");
 }

@@ -250,6 +250,13 @@ impl Slots {
         mine * 10 * live > total * 11 + 16 * 10 * live
     }
 
+    /// Workers alive (those whose slot has a pid).
+    pub fn live(&self) -> usize {
+        self.iter()
+            .filter(|s| s.pid.load(Ordering::Relaxed) != 0)
+            .count()
+    }
+
     /// Zero the gauges of a slot whose worker is gone (master, after reaping).
     pub fn release(&self, i: usize) {
         let s = self.slot(i);

@@ -1,4 +1,13 @@
-//! Refusing a connection beyond `--max-http-connections`: `503` with `Retry-After`, at once.
+//! Refusing a connection beyond `--max-http-connections`, or beyond what the worker's
+//! open-files limit leaves for connections: `503` with `Retry-After`, at once.
+//!
+//! The open-files limit (`RLIMIT_NOFILE`, per process) is the harder of the two: past it
+//! `accept` fails with EMFILE, the connection waits in the kernel's queue and its client hangs
+//! until some worker has a file free. So a worker counts its connections (HTTP and websocket)
+//! against the soft limit less [`RESERVED_FILES`]; at that budget it leaves accepting to its
+//! siblings for a while (`worker::serve`) and then refuses, so a client of a full server gets
+//! an answer rather than silence, and the worker keeps the files its Redis and database
+//! connections need.
 //!
 //! The refusal never waits for the request: the answer is written as soon as the connection is
 //! accepted (its send buffer is empty, so the write does not block), the write side is shut
@@ -24,14 +33,35 @@ const LINGER: Duration = Duration::from_secs(1);
 const MAX_LINGERING: usize = 256;
 /// Most bytes of a refused client's request read before giving up on it.
 const MAX_DISCARD_BYTES: usize = 64 * 1024;
+/// Open files a worker keeps for everything but client connections: the refusals that
+/// linger, Redis and database connections, static files, the log, the runtime's own.
+const RESERVED_FILES: u64 = MAX_LINGERING as u64 + 256;
 
 const BODY: &str = "503 Service Unavailable: this server is at its connection limit \
-                    (--max-http-connections). Please retry in a moment.\n";
+                    (--max-http-connections or its open-files limit). Please retry in a moment.\n";
 
-/// Whether this worker holds `--max-http-connections` HTTP connections already.
-pub(super) fn at_limit(app: &App) -> bool {
+/// Client connections (HTTP and websocket together) a worker can hold under an open-files
+/// soft limit of `nofile`.
+pub(super) fn connection_budget(nofile: u64) -> u64 {
+    nofile.saturating_sub(RESERVED_FILES).max(1)
+}
+
+/// [`connection_budget`] of this process's soft `RLIMIT_NOFILE` (no bound if unknown).
+pub(super) fn own_connection_budget() -> u64 {
+    use nix::sys::resource::{Resource, getrlimit};
+    getrlimit(Resource::RLIMIT_NOFILE).map_or(u64::MAX, |(soft, _)| connection_budget(soft))
+}
+
+/// Whether this worker's connections have reached `budget` (see [`connection_budget`]).
+pub(super) fn over_budget(app: &App, budget: u64) -> bool {
+    app.slot.http_open.load(Ordering::Relaxed) + app.slot.ws_open.load(Ordering::Relaxed) >= budget
+}
+
+/// Whether this worker holds `--max-http-connections` HTTP connections already, or as many
+/// connections as its open files allow (`budget`).
+pub(super) fn at_limit(app: &App, budget: u64) -> bool {
     let limit = app.config.max_http_connections as u64;
-    limit > 0 && app.slot.http_open.load(Ordering::Relaxed) >= limit
+    (limit > 0 && app.slot.http_open.load(Ordering::Relaxed) >= limit) || over_budget(app, budget)
 }
 
 /// Refused connections of one worker that are still lingering.
@@ -122,5 +152,19 @@ mod tests {
         assert!(head.contains("\r\nretry-after: 1\r\n"));
         assert!(head.contains(&format!("content-length: {}", body.len())));
         assert!(body.contains("--max-http-connections"));
+    }
+
+    #[test]
+    fn the_budget_keeps_files_for_everything_else() {
+        assert_eq!(connection_budget(20_000), 20_000 - RESERVED_FILES);
+        assert!(
+            RESERVED_FILES > MAX_LINGERING as u64,
+            "lingering refusals hold files"
+        );
+        assert_eq!(
+            connection_budget(100),
+            1,
+            "never zero: a refusal needs an accept"
+        );
     }
 }

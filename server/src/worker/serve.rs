@@ -4,7 +4,8 @@
 //! `shutdown` resolves, then stops accepting, lets requests in flight finish (idle keep-alive
 //! connections are closed), tells every websocket to close with 1001, and returns when all are
 //! done or the graceful timeout passes. A connection beyond `--max-http-connections` is
-//! answered 503 at once and closed (`worker::refuse`).
+//! answered 503 at once and closed (`worker::refuse`), as is one beyond what the worker's
+//! open-files limit leaves for connections, once its siblings had a moment to take it.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -29,6 +30,9 @@ const MAX_HEAD_BYTES: usize = 64 * 1024;
 const OVER_SHARE_PAUSE: Duration = Duration::from_millis(2);
 /// Pauses in a row after which the worker accepts anyway.
 const OVER_SHARE_MAX_PAUSES: u32 = 5;
+/// Pauses in a row of a worker at its open-files budget (`refuse::connection_budget`) before
+/// it accepts and refuses: 100 ms for a sibling with room to take the connection first.
+const FULL_MAX_PAUSES: u32 = 50;
 /// Pause after an accept error such as EMFILE, so the loop does not spin.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
@@ -47,13 +51,22 @@ pub async fn serve(listener: Listener, app: Arc<App>, shutdown: impl Future<Outp
     // here, and each one is told to finish its current request when the worker drains.
     let connections = TaskTracker::new();
     let refusals = Refusals::default();
+    let budget = refuse::own_connection_budget();
     tokio::pin!(shutdown);
     tracing::info!(mode = app.config.mode.as_str(), "worker serving");
     let mut paused = 0;
     loop {
         // Let a less loaded sibling take the next connection (see `Slots::over_share`), but
-        // never for long: a sibling that is stuck must not stall the pool.
-        if paused < OVER_SHARE_MAX_PAUSES && app.over_share() {
+        // never for long: a sibling that is stuck must not stall the pool. A worker out of
+        // files for connections waits longer if a sibling might take it, then accepts only
+        // to refuse.
+        let full = refuse::over_budget(&app, budget) && app.has_siblings();
+        let max_pauses = if full {
+            FULL_MAX_PAUSES
+        } else {
+            OVER_SHARE_MAX_PAUSES
+        };
+        if paused < max_pauses && (full || app.over_share()) {
             paused += 1;
             tokio::select! {
                 () = tokio::time::sleep(OVER_SHARE_PAUSE) => continue,
@@ -77,7 +90,7 @@ pub async fn serve(listener: Listener, app: Arc<App>, shutdown: impl Future<Outp
         };
         // Over the limit: answer 503 now rather than queue the connection behind the others
         // (a flood must not take the file descriptors the open sockets need).
-        if refuse::at_limit(&app) {
+        if refuse::at_limit(&app, budget) {
             refusals.refuse(&app, stream);
             continue;
         }

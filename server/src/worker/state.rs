@@ -164,6 +164,11 @@ impl App {
         self.slots.is_some_and(|s| s.over_share(self.id))
     }
 
+    /// Whether another worker runs beside this one (and could take a connection).
+    pub fn has_siblings(&self) -> bool {
+        self.slots.is_some_and(|s| s.live() >= 2)
+    }
+
     /// Count one answered request; asks the master for a replacement at --max-requests.
     pub fn count_request(&self) {
         let n = self.requests.fetch_add(1, Ordering::Relaxed) + 1;

@@ -44,10 +44,21 @@ impl Server {
     /// Like [`Server::start_env`], listening on `host` (another loopback address, such as
     /// 127.0.0.2, stands for another machine).
     pub fn start_at(host: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::start_cmd(Command::new(binary()), host, args, env)
+    }
+
+    /// Like [`Server::start`], with the soft and hard open-files limit of the master (and so
+    /// of its workers) set to `nofile` (by util-linux `prlimit`, which execs the server).
+    pub fn start_with_nofile(args: &[&str], nofile: u64) -> Self {
+        let mut cmd = Command::new("prlimit");
+        cmd.arg(format!("--nofile={nofile}:{nofile}")).arg(binary());
+        Self::start_cmd(cmd, "127.0.0.1", args, &[])
+    }
+
+    fn start_cmd(mut cmd: Command, host: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
         let port = free_port();
         let log = std::env::temp_dir().join(format!("wsredis-test-{port}.log"));
         let logfile = std::fs::File::create(&log).unwrap();
-        let mut cmd = Command::new(binary());
         cmd.arg("serve").args(["--bind", &format!("{host}:{port}")]);
         if !args.contains(&"--metrics-bind") {
             cmd.args(["--metrics-bind", "off"]);

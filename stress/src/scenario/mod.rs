@@ -10,6 +10,7 @@ pub mod idle;
 pub mod recovery;
 pub mod rejoin;
 pub mod seed;
+pub mod shard;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -148,6 +149,7 @@ pub async fn connect_many(
         failed,
         seconds,
         per_socket_ms: Percentiles::from_us(&times),
+        times_us: Some(times),
     };
     (conns, report)
 }
