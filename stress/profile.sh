@@ -48,9 +48,9 @@ set +o pipefail
     perf report -i "$WORK/perf.data" --no-children --sort comm --stdio -g none 2>/dev/null \
         | grep -E '^ +[0-9]' | head -8
     echo
-    echo "wsredis workers: kernel vs user space:"
-    perf report -i "$WORK/perf.data" --no-children --comm wsredis --sort dso --stdio -g none 2>/dev/null \
-        | grep -E '^ +[0-9]' | head -4
+    echo "share of all samples by process and where it ran (kernel or which binary):"
+    perf report -i "$WORK/perf.data" --no-children --sort comm,dso --stdio -g none 2>/dev/null \
+        | grep -E '^ +[0-9]' | head -8
     echo
     echo "wsredis workers: system calls and what they include (children):"
     perf report -i "$WORK/perf.data" --children --comm wsredis --sort sym --stdio -g none 2>/dev/null \
