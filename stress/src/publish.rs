@@ -82,7 +82,13 @@ pub enum Publisher {
 pub struct Plain {
     stream: TcpStream,
     buf: BytesMut,
+    /// RESP replies not read yet: Redis publishes are pipelined, like a websocket
+    /// publisher's frames, instead of waiting a round trip each.
+    unanswered: usize,
 }
+
+/// Most Redis replies left unread before a publish waits for the oldest.
+const MAX_UNANSWERED: usize = 1024;
 
 impl Publisher {
     /// Connect a publisher of `mode` for `facility`. The websocket one also subscribes and
@@ -112,7 +118,17 @@ impl Publisher {
         })
     }
 
-    /// Publish `body` on `facility` to `audience`.
+    /// Wait until everything published so far has been taken by the server (the Redis mode
+    /// pipelines its commands): their replies read, an error among them returned.
+    pub async fn settle(&mut self) -> Result<(), PublishError> {
+        match self {
+            Publisher::Redis(resp) => resp.settle().await,
+            Publisher::Ws(_) | Publisher::Api(_) => Ok(()),
+        }
+    }
+
+    /// Publish `body` on `facility` to `audience` (the Redis mode does not wait for Redis's
+    /// answer: see [`Publisher::settle`]).
     pub async fn publish(
         &mut self,
         targets: &Targets,
@@ -143,6 +159,7 @@ impl Plain {
         Ok(Plain {
             stream: client::tcp_connect(addr, None).await?,
             buf: BytesMut::with_capacity(4096),
+            unanswered: 0,
         })
     }
 
@@ -240,14 +257,34 @@ impl Plain {
             1
         };
         self.stream.write_all(&cmd).await?;
-        for _ in 0..replies {
+        self.unanswered += replies;
+        while self.unanswered > MAX_UNANSWERED {
             self.read_resp_line().await?;
+            self.unanswered -= 1;
         }
         Ok(())
     }
 
+    /// Read every reply still owed; the first error among them is returned.
+    async fn settle(&mut self) -> Result<(), PublishError> {
+        let mut first_error = Ok(());
+        while self.unanswered > 0 {
+            let r = self.read_resp_line().await;
+            self.unanswered -= 1;
+            match r {
+                Err(PublishError::Refused(e)) if first_error.is_ok() => {
+                    first_error = Err(PublishError::Refused(e));
+                }
+                Err(e) => return Err(e),
+                Ok(_) => {}
+            }
+        }
+        first_error
+    }
+
     /// Send one RESP command and return its (single-line) reply.
     pub async fn command(&mut self, args: &[&[u8]]) -> Result<String, PublishError> {
+        self.settle().await?;
         let mut cmd = Vec::new();
         resp_command(&mut cmd, args);
         self.stream.write_all(&cmd).await?;

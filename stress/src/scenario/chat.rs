@@ -147,6 +147,9 @@ pub async fn run(a: &Chat, env: &Env) -> Report {
         pb.set_position(seq);
     }
     pb.finish_and_clear();
+    if let Err(e) = publisher.settle().await {
+        report.errors.push(format!("publish: {e}"));
+    }
     let drain = (Instant::now() + Duration::from_secs(10)).min(deadline.max(Instant::now()));
     while tracker.delivered() < seq && Instant::now() < drain {
         tokio::time::sleep(Duration::from_millis(2)).await;

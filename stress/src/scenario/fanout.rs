@@ -180,6 +180,9 @@ pub async fn run(scenario: &str, c: &Common, plan: &Plan, env: &Env, mode: Mode)
         }
     }
     pb.finish_and_clear();
+    if let Err(e) = publisher.settle().await {
+        report.errors.push(format!("publish: {e}"));
+    }
     let drain = (Instant::now() + DRAIN).min(deadline.max(Instant::now()));
     tracker.wait_completed(seq, drain).await;
     // Stragglers of the last message may still be counting; give them a moment, bounded.

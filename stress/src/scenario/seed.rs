@@ -54,6 +54,8 @@ pub async fn run(a: &Seed, env: &Env) -> Report {
         let mut p = Publisher::connect(c.publisher, &env.targets, &facility).await?;
         p.publish(&env.targets, &facility, &Audience::Broadcast, MESSAGE)
             .await?;
+        // Stored before anyone connects (the Redis mode does not wait by itself).
+        p.settle().await?;
         Ok::<_, crate::publish::PublishError>(p)
     };
     let publisher = match sent.await {
