@@ -132,38 +132,34 @@ impl Sweep {
                 .map(|i| (f64::from(i) * step, format!("{}", f64::from(i) * step)))
                 .collect()
         };
-        let series = |pick: fn(&Point) -> f64| -> Vec<(f64, f64)> {
-            self.points
-                .iter()
-                .map(|p| (p.subscribers as f64, pick(p)))
-                .collect()
-        };
-        let lines = [
-            Line {
-                name: "wsredis p99",
-                color: "#d62728",
-                dashed: false,
-                points: series(|p| p.ours.last_delivery_ms.p99),
-            },
-            Line {
-                name: "wsredis p50",
-                color: "#1f77b4",
-                dashed: false,
-                points: series(|p| p.ours.last_delivery_ms.p50),
-            },
-            Line {
-                name: "plain TCP baseline p99",
-                color: "#d62728",
-                dashed: true,
-                points: series(|p| p.baseline.last_delivery_ms.p99),
-            },
-            Line {
-                name: "plain TCP baseline p50",
-                color: "#1f77b4",
-                dashed: true,
-                points: series(|p| p.baseline.last_delivery_ms.p50),
-            },
+        type Pick = fn(&Point) -> f64;
+        let picks: [(&str, &str, bool, Pick); 4] = [
+            ("wsredis p99", "#d62728", false, |p| {
+                p.ours.last_delivery_ms.p99
+            }),
+            ("wsredis p50", "#1f77b4", false, |p| {
+                p.ours.last_delivery_ms.p50
+            }),
+            ("plain TCP baseline p99", "#d62728", true, |p| {
+                p.baseline.last_delivery_ms.p99
+            }),
+            ("plain TCP baseline p50", "#1f77b4", true, |p| {
+                p.baseline.last_delivery_ms.p50
+            }),
         ];
+        let lines: Vec<Line<'_>> = picks
+            .iter()
+            .map(|&(name, color, dashed, pick)| Line {
+                name,
+                color,
+                dashed,
+                points: self
+                    .points
+                    .iter()
+                    .map(|p| (p.subscribers as f64, pick(p)))
+                    .collect(),
+            })
+            .collect();
         svg_chart(
             "fan-out: publish to last delivery, by subscribers",
             &Axis {
