@@ -78,6 +78,24 @@ impl Closes {
         }
     }
 
+    /// Count `n` sockets that ended elsewhere (in a child process of the tool).
+    pub fn add_ended(&self, n: u64) {
+        self.count.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Add the close codes and errors reported by a child process (its ends are counted by
+    /// [`Closes::add_ended`] as they happen).
+    pub fn merge(&self, closed: &BTreeMap<u16, u64>, errors: &[String]) {
+        if let Ok(mut m) = self.by_code.lock() {
+            for (code, n) in closed {
+                *m.entry(*code).or_default() += n;
+            }
+        }
+        for e in errors {
+            self.error(e.clone());
+        }
+    }
+
     /// Sockets that ended.
     pub fn count(&self) -> u64 {
         self.count.load(Ordering::Relaxed)
@@ -155,15 +173,16 @@ pub async fn connect_many(
 }
 
 /// Connect `n` sockets subscribed to the broadcast channel of `c.facility` and start a
-/// [`receive`] task for each. Returns the tasks, the connect report and the run's nonce (the
-/// warm-up markers the receivers look for).
+/// [`receive`] task for each, counting the warm-up markers of `nonce`. Returns the tasks and
+/// the connect report.
 pub async fn subscribe_broadcast(
     env: &Env,
     n: usize,
     c: &crate::cli::Common,
     tracker: &Arc<Tracker>,
     shared: &Arc<Shared>,
-) -> (JoinSet<()>, Connect, u64) {
+    nonce: u64,
+) -> (JoinSet<()>, Connect) {
     let path = format!("/ws/{}?subscribe-broadcast", c.facility);
     let (conns, connect) = connect_many(
         env,
@@ -175,12 +194,11 @@ pub async fn subscribe_broadcast(
         &shared.closes,
     )
     .await;
-    let nonce = nonce();
     let mut tasks = JoinSet::new();
     for conn in conns.into_iter().flatten() {
         tasks.spawn(receive(conn, tracker.clone(), shared.clone(), nonce));
     }
-    (tasks, connect, nonce)
+    (tasks, connect)
 }
 
 /// CPU marks of the server, Redis and this tool, taken when the measured part of a run starts.
