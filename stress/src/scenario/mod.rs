@@ -121,18 +121,43 @@ pub async fn connect_many(
     quiet: bool,
     closes: &Closes,
 ) -> (Vec<Option<Conn>>, Connect) {
+    let mut conns: Vec<Option<Conn>> = (0..n).map(|_| None).collect();
+    let report = connect_each(
+        env,
+        n,
+        (concurrency, quiet),
+        path,
+        headers,
+        closes,
+        |i, c| conns[i] = Some(c),
+    )
+    .await;
+    (conns, report)
+}
+
+/// [`connect_many`], handing each socket to `each` as soon as it is open (so that it can be
+/// read at once: a socket left unread while tens of thousands more connect misses the
+/// server's pings and is closed).
+pub async fn connect_each(
+    env: &Env,
+    n: usize,
+    (concurrency, quiet): (usize, bool),
+    path: impl Fn(usize) -> String,
+    headers: impl Fn(usize) -> String,
+    closes: &Closes,
+    mut each: impl FnMut(usize, Conn),
+) -> Connect {
     type Done = (usize, Result<Conn, ClientError>, Duration);
     let pb = bar(quiet, n as u64, "connect");
     let sem = Arc::new(Semaphore::new(concurrency.max(1)));
     let mut set: JoinSet<Done> = JoinSet::new();
-    let mut conns: Vec<Option<Conn>> = (0..n).map(|_| None).collect();
     let mut times = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("bounds");
     let mut failed = 0;
     let mut take = |done: Done| {
         let (i, r, took) = done;
         let _ = times.record((took.as_micros() as u64).max(1));
         match r {
-            Ok(c) => conns[i] = Some(c),
+            Ok(c) => each(i, c),
             Err(e) => {
                 failed += 1;
                 closes.error(format!("socket {i}: {e}"));
@@ -162,14 +187,13 @@ pub async fn connect_many(
     }
     let seconds = start.elapsed().as_secs_f64();
     pb.finish_and_clear();
-    let report = Connect {
+    Connect {
         sockets: n,
         failed,
         seconds,
         per_socket_ms: Percentiles::from_us(&times),
         times_us: Some(times),
-    };
-    (conns, report)
+    }
 }
 
 /// Connect `n` sockets subscribed to the broadcast channel of `c.facility` and start a
@@ -184,20 +208,19 @@ pub async fn subscribe_broadcast(
     nonce: u64,
 ) -> (JoinSet<()>, Connect) {
     let path = format!("/ws/{}?subscribe-broadcast", c.facility);
-    let (conns, connect) = connect_many(
+    let mut tasks = JoinSet::new();
+    let connect = connect_each(
         env,
         n,
-        c.connect_concurrency,
+        (c.connect_concurrency, c.quiet),
         |_| path.clone(),
         |_| String::new(),
-        c.quiet,
         &shared.closes,
+        |_, conn| {
+            tasks.spawn(receive(conn, tracker.clone(), shared.clone(), nonce));
+        },
     )
     .await;
-    let mut tasks = JoinSet::new();
-    for conn in conns.into_iter().flatten() {
-        tasks.spawn(receive(conn, tracker.clone(), shared.clone(), nonce));
-    }
     (tasks, connect)
 }
 

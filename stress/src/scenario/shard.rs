@@ -166,7 +166,9 @@ impl Ended {
 
 /// One line from a child.
 #[derive(Debug, Serialize, Deserialize)]
-#[serde(tag = "line", rename_all = "snake_case")]
+// Externally tagged (`{"done":{…}}`): an internally tagged enum is buffered before it is
+// decoded, and the buffer turns `closed`'s integer keys into strings a u16 refuses.
+#[serde(rename_all = "snake_case")]
 pub enum Line {
     /// See [`Connected`].
     Connected(Connected),
@@ -519,9 +521,10 @@ async fn read_line(
         Err(_) => Err("no report before the run's timeout".into()),
         Ok(Err(e)) => Err(format!("reading its report: {e}")),
         Ok(Ok(None)) => Err("exited without a report".into()),
-        Ok(Ok(Some(line))) => {
-            serde_json::from_str(&line).map_err(|e| format!("bad report ({e}): {line}"))
-        }
+        Ok(Ok(Some(line))) => serde_json::from_str(&line).map_err(|e| {
+            let start: String = line.chars().take(200).collect();
+            format!("bad report ({e}): {start}…")
+        }),
     }
 }
 
@@ -585,5 +588,78 @@ impl Held {
             }
             Held::Shards(mut s) => Some(s.finish(deadline).await),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_line_survives_the_pipe() {
+        let ended = Ended {
+            ended: 3,
+            closed: BTreeMap::from([(1001, 2), (1006, 1)]),
+            latency_us: vec![(250, 7)],
+            ..Ended::default()
+        };
+        let text = serde_json::to_string(&Line::Ended(ended)).unwrap();
+        match serde_json::from_str(&text).unwrap() {
+            Line::Ended(e) => {
+                assert_eq!(e.closed, BTreeMap::from([(1001, 2), (1006, 1)]), "{text}");
+                assert_eq!(e.latency_us, vec![(250, 7)]);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_message_completes_when_every_child_has_it_at_the_latest_time() {
+        let tracker = Tracker::new(2);
+        let sink = Sink {
+            tracker: tracker.clone(),
+            shared: Arc::new(Shared::default()),
+            children: 2,
+            seen: Mutex::new(vec![Progress::default(); 2]),
+            partial: Mutex::new(HashMap::new()),
+        };
+        let done = |seq, done_ns| Completion {
+            seq,
+            sent_ns: 1_000_000,
+            done_ns,
+        };
+        sink.done(done(0, 3_000_000));
+        assert_eq!(tracker.completed(), 0, "one child of two");
+        sink.done(done(0, 2_000_000));
+        assert_eq!(tracker.completed(), 1);
+        let last = tracker.summary().last;
+        assert_eq!(
+            (last.len(), last.max() / 100 * 100),
+            (1, 2000),
+            "the later child's time, 2 ms after the send"
+        );
+        sink.progress(
+            0,
+            Progress {
+                warmed: 5,
+                ended: 1,
+            },
+        );
+        sink.progress(
+            1,
+            Progress {
+                warmed: 4,
+                ended: 0,
+            },
+        );
+        sink.progress(
+            0,
+            Progress {
+                warmed: 6,
+                ended: 1,
+            },
+        );
+        assert_eq!(sink.shared.warmed.load(Ordering::Relaxed), 10);
+        assert_eq!(sink.shared.closes.count(), 1);
     }
 }
