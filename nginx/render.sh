@@ -15,6 +15,12 @@ WS_SERVERS=${WS_SERVERS:-unix:/run/wsredis/websocket.sock}
 STATIC_ROOT=${STATIC_ROOT:-/usr/share/wsredis/static}
 WS_PREFIX=${WS_PREFIX:-/ws/}
 MIME_TYPES=${MIME_TYPES:-/etc/nginx/mime.types}
+# `main` only: nginx worker processes, connections per worker (clients and upstreams both
+# count), and open files per worker (unset: nginx's default, the inherited limit).
+NGINX_WORKERS=${NGINX_WORKERS:-1}
+NGINX_CONNECTIONS=${NGINX_CONNECTIONS:-1024}
+NGINX_RLIMIT=""
+if [ -n "${NGINX_NOFILE:-}" ]; then NGINX_RLIMIT="worker_rlimit_nofile $NGINX_NOFILE;"; fi
 USER_LINE=""
 if [ "$(id -u)" -eq 0 ]; then USER_LINE="user $(id -un) $(id -gn);"; fi
 
@@ -37,6 +43,9 @@ render() {
   t=${t//@MIME_TYPES@/$MIME_TYPES}
   t=${t//@PREFIX@/${PREFIX:-}}
   t=${t//@USER@/$USER_LINE}
+  t=${t//@NGINX_WORKERS@/$NGINX_WORKERS}
+  t=${t//@NGINX_CONNECTIONS@/$NGINX_CONNECTIONS}
+  t=${t//@NGINX_RLIMIT@/$NGINX_RLIMIT}
   printf '%s\n' "$t"
 }
 

@@ -10,7 +10,8 @@
 # The database is migrated on every start and the fixtures are loaded on the first one (when
 # the binary has `migrate` / `loaddata`). Ctrl-C (or TERM) stops everything gracefully; if one
 # part dies, the rest is stopped and the script exits 1. Every path and port can be overridden
-# (the tests run this script on free ports in a temporary VAR).
+# (the tests run this script on free ports in a temporary VAR), and nginx's size with
+# NGINX_WORKERS, NGINX_CONNECTIONS and NGINX_NOFILE (nginx/render.sh; `make stress-nginx`).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)

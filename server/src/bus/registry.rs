@@ -277,7 +277,7 @@ impl Subscription {
     }
 
     /// The next message if one is queued right now (none once the queue has overflowed).
-    pub fn try_recv(&mut self) -> Option<Delivery> {
+    pub fn try_recv(&self) -> Option<Delivery> {
         self.queue.try_recv()
     }
 

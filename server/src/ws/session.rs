@@ -328,6 +328,9 @@ impl Session {
 
     /// Send `first` and whatever else is already queued for this socket (up to
     /// [`MAX_BATCH`]) with one flush, so a burst costs one write instead of one per message.
+    /// The frames are taken from the queue as they are written: no list is built, and the
+    /// clock is read once per batch (each delivery's fan-out latency is measured to the moment
+    /// its batch goes to the socket).
     async fn deliver<S>(&mut self, ws: &mut WebSocketStream<S>, first: Delivery) -> Result<(), End>
     where
         S: AsyncRead + AsyncWrite + Unpin,
@@ -335,42 +338,37 @@ impl Session {
         if self.ctx.envelope.is_some() {
             return self.deliver_envelope(ws, first).await;
         }
-        let mut arrivals = vec![first.arrived];
-        let first = self.admit(first);
-        if first.is_none() {
-            arrivals.clear();
-        }
-        let mut rest = Vec::new();
-        while rest.len() < MAX_BATCH {
-            let Some(d) = self.sub.try_recv() else { break };
-            let arrived = d.arrived;
-            if let Some(m) = self.admit(d) {
-                rest.push(m);
-                arrivals.push(arrived);
+        let now = std::time::Instant::now();
+        let Session {
+            ctx,
+            shutdown,
+            sub,
+            echo,
+            ..
+        } = self;
+        let stats = &ctx.stats;
+        let mut next = Some(first);
+        let mut taken = 0;
+        let frames = std::iter::from_fn(|| {
+            loop {
+                let d = match next.take() {
+                    Some(d) => d,
+                    None if taken <= MAX_BATCH => sub.try_recv()?,
+                    None => return None,
+                };
+                taken += 1;
+                if let Some(m) = admit(echo, stats, &d) {
+                    stats
+                        .fanout
+                        .observe(now.saturating_duration_since(d.arrived));
+                    return Some(m);
+                }
             }
-        }
-        if first.is_none() && rest.is_empty() {
-            return Ok(());
-        }
-        let n = u64::from(first.is_some()) + rest.len() as u64;
-        self.send_all(ws, first.into_iter().chain(rest)).await?;
-        Stats::add(&self.ctx.stats.delivered, n);
-        for arrived in arrivals {
-            self.ctx.stats.fanout.observe(arrived.elapsed());
-        }
+        });
+        let write_timeout = ctx.settings.ping_interval * 2;
+        let sent = write_frames(ws, frames, write_timeout, stats, shutdown, sub).await?;
+        Stats::add(&stats.delivered, sent);
         Ok(())
-    }
-
-    /// The frame for a delivery, unless it is empty or the socket's own echo.
-    fn admit(&mut self, d: Delivery) -> Option<Message> {
-        if d.payload.is_empty() {
-            return None;
-        }
-        if self.echo.is_own(&d.channel, d.payload.as_bytes()) {
-            Stats::inc(&self.ctx.stats.echo_suppressed);
-            return None;
-        }
-        Some(d.payload.to_message())
     }
 
     async fn heartbeat<S>(&mut self, ws: &mut WebSocketStream<S>) -> Result<(), End>
@@ -393,40 +391,77 @@ impl Session {
         self.send_all(ws, std::iter::once(msg)).await
     }
 
-    /// Send frames with one flush, giving up when the socket overflows, the worker shuts
-    /// down, or the write has not completed within two ping intervals. A message too large
-    /// for the write buffer is skipped (counted), the socket stays. A socket with room takes
-    /// the frames on the first poll, without arming the write timer.
+    /// Send frames with one flush; see [`write_frames`].
     async fn send_all<S, I>(&mut self, ws: &mut WebSocketStream<S>, msgs: I) -> Result<(), End>
     where
         S: AsyncRead + AsyncWrite + Unpin,
         I: IntoIterator<Item = Message>,
     {
         let write_timeout: Duration = self.ctx.settings.ping_interval * 2;
-        let stats = &self.ctx.stats;
-        let write = async {
-            for msg in msgs {
-                match ws.feed(msg).await {
-                    Ok(()) => {}
-                    Err(WsError::WriteBufferFull(_)) => Stats::inc(&stats.too_large),
-                    Err(e) => return Err(e),
-                }
-            }
-            ws.flush().await
-        };
-        tokio::pin!(write);
-        let written = match futures_util::poll!(&mut write) {
-            Poll::Ready(r) => r,
-            Poll::Pending => tokio::select! {
-                biased;
-                r = &mut write => r,
-                _ = self.shutdown.cancelled() => return Err(End::new(CloseReason::GoingAway)),
-                _ = self.sub.overflowed() => return Err(End::new(CloseReason::Overloaded)),
-                _ = tokio::time::sleep(write_timeout) => return Err(End::new(CloseReason::Abnormal)),
-            },
-        };
-        written.map_err(|_| End::new(CloseReason::Abnormal))
+        write_frames(
+            ws,
+            msgs,
+            write_timeout,
+            &self.ctx.stats,
+            &self.shutdown,
+            &self.sub,
+        )
+        .await
+        .map(|_| ())
     }
+}
+
+/// The frame for a delivery, unless it is empty or the socket's own echo.
+fn admit(echo: &mut EchoFilter, stats: &Stats, d: &Delivery) -> Option<Message> {
+    if d.payload.is_empty() {
+        return None;
+    }
+    if echo.is_own(&d.channel, d.payload.as_bytes()) {
+        Stats::inc(&stats.echo_suppressed);
+        return None;
+    }
+    Some(d.payload.to_message())
+}
+
+/// Send frames with one flush, giving up when the socket overflows, the worker shuts down,
+/// or the write has not completed within `write_timeout`. A message too large for the write
+/// buffer is skipped (counted), the socket stays. A socket with room takes the frames on the
+/// first poll, without arming the write timer. Returns how many frames were written.
+async fn write_frames<S, I>(
+    ws: &mut WebSocketStream<S>,
+    msgs: I,
+    write_timeout: Duration,
+    stats: &Stats,
+    shutdown: &CancellationToken,
+    sub: &Subscription,
+) -> Result<u64, End>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    I: IntoIterator<Item = Message>,
+{
+    let write = async {
+        let mut written = 0u64;
+        for msg in msgs {
+            match ws.feed(msg).await {
+                Ok(()) => written += 1,
+                Err(WsError::WriteBufferFull(_)) => Stats::inc(&stats.too_large),
+                Err(e) => return Err(e),
+            }
+        }
+        ws.flush().await.map(|()| written)
+    };
+    tokio::pin!(write);
+    let written = match futures_util::poll!(&mut write) {
+        Poll::Ready(r) => r,
+        Poll::Pending => tokio::select! {
+            biased;
+            r = &mut write => r,
+            _ = shutdown.cancelled() => return Err(End::new(CloseReason::GoingAway)),
+            _ = sub.overflowed() => return Err(End::new(CloseReason::Overloaded)),
+            _ = tokio::time::sleep(write_timeout) => return Err(End::new(CloseReason::Abnormal)),
+        },
+    };
+    written.map_err(|_| End::new(CloseReason::Abnormal))
 }
 
 /// The earlier of the next ping and the next heartbeat (if heartbeats are on).
