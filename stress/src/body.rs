@@ -1,6 +1,6 @@
 //! The body of a measured message: `{"seq":N,"t":NANOS,"p":"…"}`, padded to the requested
-//! size. `t` is the publisher's send time in nanoseconds since the run's time base (one
-//! process sends and receives, so one monotonic clock serves both ends). The server never
+//! size. `t` is the publisher's send time in nanoseconds of CLOCK_MONOTONIC, the clock every
+//! process of the tool shares, so receivers in other processes measure against it. The server never
 //! looks inside; anything that does not parse (heartbeats, replays of older runs, warm-up
 //! markers) is not a measured delivery.
 
@@ -9,7 +9,7 @@
 pub struct Stamp {
     /// The message's sequence number in this run (0, 1, …).
     pub seq: u64,
-    /// Send time, nanoseconds since the run's time base.
+    /// Send time, nanoseconds of CLOCK_MONOTONIC.
     pub sent_ns: u64,
 }
 

@@ -43,9 +43,9 @@ pub enum Command {
     /// (internal) The plain TCP baseline server.
     #[command(hide = true)]
     BaselineServer(BaselineServer),
-    /// (internal) One child process of `idle`, holding its share of the sockets.
+    /// (internal) One child process of `idle` or `fanout`, holding its share of the sockets.
     #[command(hide = true)]
-    IdleShard(IdleShard),
+    Shard(Shard),
 }
 
 /// What to run against and how to report; shared by every scenario.
@@ -159,6 +159,10 @@ pub struct Fanout {
     /// Run only against the plain TCP baseline.
     #[arg(long, conflicts_with = "baseline")]
     pub baseline_only: bool,
+    /// Most subscribers one process of the tool holds; more are split over child processes
+    /// (default: 90 % of the hard open-files limit).
+    #[arg(long, hide = true)]
+    pub per_process: Option<usize>,
 }
 
 /// `sweep`.
@@ -190,9 +194,10 @@ pub struct Idle {
     pub per_process: Option<usize>,
 }
 
-/// `idle-shard`: started by `idle` with the run's common options (`--url` set to the server).
+/// `shard`: started by `idle` or `fanout` with the run's common options (`--url` set to the
+/// server).
 #[derive(Debug, Args, Clone)]
-pub struct IdleShard {
+pub struct Shard {
     /// Options shared by every scenario.
     #[command(flatten)]
     pub common: Common,
@@ -202,6 +207,9 @@ pub struct IdleShard {
     /// Source addresses, in the order this process's sockets use them (empty: the kernel's).
     #[arg(long, value_delimiter = ',')]
     pub source: Vec<IpAddr>,
+    /// The run's warm-up nonce (the markers this process's sockets count).
+    #[arg(long, default_value_t = 0)]
+    pub nonce: u64,
 }
 
 /// `chat`.

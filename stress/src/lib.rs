@@ -13,7 +13,8 @@
 //! - [`body`]: the measured message body (sequence number and send time).
 //! - [`tracker`]: delivery accounting: loss, order, completion, latency histograms.
 //! - [`scenario`]: `seed`, `seed-live`/`fanout`/`throughput`, `idle`, `chat`, `recovery`.
-//!   `idle` past one process's open-files limit runs child processes (`scenario::shard`).
+//!   `idle` and `fanout` past one process's open-files limit run child processes
+//!   (`scenario::shard`).
 //! - [`sweep`]: `fanout` at several sizes against both, to show how the cost grows.
 //! - [`baseline`]: the plain TCP relay the report compares against.
 //! - [`procfs`]: the server's memory and CPU from /proc.

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 use wsredis_stress::baseline;
-use wsredis_stress::cli::{Cli, Command, Common, IdleShard};
+use wsredis_stress::cli::{self, Cli, Command, Common};
 use wsredis_stress::env::{Env, cpus};
 use wsredis_stress::publish::Mode;
 use wsredis_stress::report::{Report, Versus};
@@ -31,12 +31,12 @@ fn main() -> ExitCode {
             }
         };
     }
-    if let Command::IdleShard(a) = &cli.command {
+    if let Command::Shard(a) = &cli.command {
         shard::die_with_parent();
-        return match idle_shard(a) {
+        return match shard_child(a) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
-                eprintln!("wsredis-stress idle-shard: {e:#}");
+                eprintln!("wsredis-stress shard: {e:#}");
                 ExitCode::from(EXIT_SETUP)
             }
         };
@@ -59,8 +59,9 @@ fn runtime(c: &Common) -> anyhow::Result<tokio::runtime::Runtime> {
         .context("building the runtime")
 }
 
-/// A child of `idle`: hold its sockets, using the source addresses in the order given.
-fn idle_shard(a: &IdleShard) -> anyhow::Result<()> {
+/// A child of `idle` or `fanout`: hold its sockets, using the source addresses in the order
+/// given.
+fn shard_child(a: &cli::Shard) -> anyhow::Result<()> {
     let mut env = Env::wsredis(&a.common, a.count)?;
     if !a.source.is_empty() {
         env.sources = a.source.iter().copied().map(Some).collect();
@@ -81,7 +82,7 @@ fn run(command: Command) -> anyhow::Result<bool> {
         Command::Fanout(a) => fan("fanout", a)?,
         Command::Throughput(a) => fan("throughput", a)?,
         Command::Idle(mut a) => {
-            let plan = idle::Plan::here(&a);
+            let plan = idle::layout(&a);
             a.common.workers = Some(plan.workers);
             let env = Env::wsredis_holding(&a.common, a.sockets, plan.held_here(a.sockets))?;
             let report = runtime(&a.common)?.block_on(idle::run(&a, &plan, &env));
@@ -115,7 +116,7 @@ fn run(command: Command) -> anyhow::Result<bool> {
             }
             return Ok(sweep.ok());
         }
-        Command::BaselineServer(_) | Command::IdleShard(_) => unreachable!("handled in main"),
+        Command::BaselineServer(_) | Command::Shard(_) => unreachable!("handled in main"),
     };
     emit(&common, &report)?;
     Ok(report.ok())
@@ -133,7 +134,7 @@ fn fan(scenario: &str, a: wsredis_stress::cli::Fanout) -> anyhow::Result<(Common
         return Ok((a.common.clone(), against_baseline(&rt)?));
     }
     let mut report = {
-        let env = Env::wsredis(c, plan.subscribers)?;
+        let env = fanout::env(c, &plan)?;
         rt.block_on(fanout::run(scenario, c, &plan, &env, c.publisher))
     };
     if a.baseline {

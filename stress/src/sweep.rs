@@ -53,7 +53,7 @@ pub fn run(
         sweep.messages = plan.messages;
         sweep.rate = plan.rate;
         let ours = {
-            let env = Env::wsredis(c, n)?;
+            let env = fanout::env(c, &plan)?;
             rt.block_on(fanout::run("fanout", c, &plan, &env, c.publisher))
         };
         let baseline = {

@@ -8,10 +8,12 @@
 //!   time is the message's last-delivery latency. For broadcasts completion is in sequence
 //!   order (every receiver gets messages in order), which the windowed publisher relies on.
 //! - Histograms are sharded by thread, so recording never contends across runtime threads.
+//! - Times are nanoseconds of CLOCK_MONOTONIC, one clock for every process of the machine, so
+//!   a stamp sent by one process of the tool and received by another measures a real interval.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use hdrhistogram::Histogram;
 use tokio::sync::Notify;
@@ -34,7 +36,6 @@ pub struct Receiver {
 
 /// The shared accounting of a run.
 pub struct Tracker {
-    base: Instant,
     fanout: u32,
     slots: Box<[AtomicU32]>,
     /// Number of leading messages complete (all of 0..completed are complete).
@@ -47,6 +48,26 @@ pub struct Tracker {
     last: Mutex<Histogram<u64>>,
     first_recv_ns: AtomicU64,
     last_recv_ns: AtomicU64,
+    /// Completed messages not yet taken: (seq, sent ns, completion ns), when asked for.
+    log: Option<Mutex<Vec<Completion>>>,
+}
+
+/// A message complete in one tracker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Completion {
+    /// The message.
+    pub seq: u64,
+    /// Its send time (the stamp's).
+    pub sent_ns: u64,
+    /// When its last delivery here was received.
+    pub done_ns: u64,
+}
+
+/// Now on CLOCK_MONOTONIC, nanoseconds (what every `Stamp` carries).
+pub fn now_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).map_or(0, |t| {
+        t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64
+    })
 }
 
 fn histogram() -> Histogram<u64> {
@@ -62,8 +83,16 @@ fn shard() -> usize {
 impl Tracker {
     /// Accounting for messages each delivered to `fanout` receivers.
     pub fn new(fanout: u32) -> Arc<Self> {
+        Self::build(fanout, false)
+    }
+
+    /// [`Tracker::new`], also logging each completion for [`Tracker::take_completions`].
+    pub fn logging(fanout: u32) -> Arc<Self> {
+        Self::build(fanout, true)
+    }
+
+    fn build(fanout: u32, log: bool) -> Arc<Self> {
         Arc::new(Tracker {
-            base: Instant::now(),
             fanout: fanout.max(1),
             slots: (0..RING).map(|_| AtomicU32::new(0)).collect(),
             completed: AtomicU64::new(0),
@@ -74,17 +103,13 @@ impl Tracker {
             last: Mutex::new(histogram()),
             first_recv_ns: AtomicU64::new(u64::MAX),
             last_recv_ns: AtomicU64::new(0),
+            log: log.then(|| Mutex::new(Vec::new())),
         })
     }
 
-    /// Nanoseconds since the run's time base (the clock of every `Stamp`).
+    /// Now, nanoseconds on the clock of every `Stamp` (see [`now_ns`]).
     pub fn now_ns(&self) -> u64 {
-        self.base.elapsed().as_nanos() as u64
-    }
-
-    /// The instant `ns` after the time base.
-    pub fn instant(&self, ns: u64) -> Instant {
-        self.base + Duration::from_nanos(ns)
+        now_ns()
     }
 
     /// Record one measured delivery to `rx`.
@@ -106,12 +131,33 @@ impl Tracker {
         let slot = &self.slots[(stamp.seq as usize) % RING];
         if slot.fetch_add(1, Ordering::AcqRel) + 1 == self.fanout {
             slot.store(0, Ordering::Release);
-            if let Ok(mut h) = self.last.lock() {
-                let _ = h.record(us);
+            if let Some(Ok(mut log)) = self.log.as_ref().map(|l| l.lock()) {
+                log.push(Completion {
+                    seq: stamp.seq,
+                    sent_ns: stamp.sent_ns,
+                    done_ns: now,
+                });
             }
-            self.completed.fetch_max(stamp.seq + 1, Ordering::AcqRel);
-            self.progress.notify_waiters();
+            self.complete(stamp.seq, us);
         }
+    }
+
+    /// Count message `seq` complete, its last delivery `us` after its send (a tracker of
+    /// several processes' completions calls this itself).
+    pub fn complete(&self, seq: u64, us: u64) {
+        if let Ok(mut h) = self.last.lock() {
+            let _ = h.record(us.clamp(1, MAX_US));
+        }
+        self.completed.fetch_max(seq + 1, Ordering::AcqRel);
+        self.progress.notify_waiters();
+    }
+
+    /// The completions logged since the last call (empty unless made by [`Tracker::logging`]).
+    pub fn take_completions(&self) -> Vec<Completion> {
+        self.log
+            .as_ref()
+            .and_then(|l| l.lock().ok().map(|mut v| std::mem::take(&mut *v)))
+            .unwrap_or_default()
     }
 
     /// Messages complete so far (for broadcasts: a prefix of the sequence).
@@ -178,7 +224,7 @@ pub struct Summary {
     pub all: Histogram<u64>,
     /// Latency of each message's last delivery, µs.
     pub last: Histogram<u64>,
-    /// First and last receipt, ns since the time base.
+    /// First and last receipt, ns (CLOCK_MONOTONIC).
     pub first_recv_ns: Option<u64>,
     /// See `first_recv_ns`.
     pub last_recv_ns: u64,

@@ -213,3 +213,67 @@ fn idle_over_several_processes_counts_every_socket() {
     let workers: u64 = files[1..].iter().map(|f| f.as_u64().unwrap()).sum();
     assert!(workers >= 300, "{r:#}");
 }
+
+#[test]
+fn fanout_over_several_processes_delivers_every_message_once() {
+    // --per-process 100 forces the path of a run past the open-files limit: three child
+    // processes of the tool receive 100 subscribers each and report to the parent, which
+    // publishes, merges the deliveries and finds each message's last delivery over all three.
+    let r = run(&[
+        "fanout",
+        "-n",
+        "300",
+        "--per-process",
+        "100",
+        "--sources",
+        "2",
+        "-m",
+        "10",
+        "-r",
+        "50",
+    ]);
+    assert_eq!(r["params"]["tool_processes"], 3, "{r:#}");
+    assert_eq!(r["params"]["workers"], 2, "{r:#}");
+    assert_eq!(r["connect"]["sockets"], 300, "{r:#}");
+    assert_eq!(r["connect"]["per_socket_ms"]["count"], 300, "{r:#}");
+    assert!(r["warmup_rounds"].as_u64().unwrap() >= 1, "{r:#}");
+    assert_all_delivered(&r, 3000);
+    assert_eq!(r["latency_ms"]["count"], 3000, "{r:#}");
+    assert_eq!(
+        r["last_delivery_ms"]["count"], 10,
+        "each message complete once, over all three children: {r:#}"
+    );
+    // Sent in this process, received in the children: one clock, so plausible intervals.
+    for h in ["latency_ms", "last_delivery_ms"] {
+        let (p50, max) = (r[h]["p50"].as_f64().unwrap(), r[h]["max"].as_f64().unwrap());
+        assert!(p50 > 0.0 && max < 10_000.0, "{h}: {r:#}");
+    }
+    assert!(
+        r["last_delivery_ms"]["p50"].as_f64().unwrap() >= r["latency_ms"]["p50"].as_f64().unwrap(),
+        "{r:#}"
+    );
+    assert!(r["deliveries_per_sec"].as_f64().unwrap() > 0.0, "{r:#}");
+}
+
+#[test]
+fn throughput_over_several_processes_keeps_its_window() {
+    // The windowed publisher waits for completions the children report, message by message.
+    let r = run(&[
+        "throughput",
+        "-n",
+        "200",
+        "--per-process",
+        "100",
+        "-d",
+        "1",
+        "-w",
+        "8",
+    ]);
+    assert_eq!(r["params"]["tool_processes"], 2, "{r:#}");
+    assert_eq!(r["lost"], 0, "{r:#}");
+    assert_eq!(r["disorder"], 0, "{r:#}");
+    let published = r["published"].as_u64().unwrap();
+    assert!(published > 8, "more than one window's worth: {r:#}");
+    assert_eq!(r["delivered"], published * 200, "{r:#}");
+    assert_eq!(r["last_delivery_ms"]["count"], published, "{r:#}");
+}

@@ -1,16 +1,25 @@
 //! `seed-live`, `fanout` and `throughput`: N subscribers on one facility, then messages
 //! published at a rate or as fast as a window of unfinished messages allows, for a count or
 //! a duration. Every delivery is counted and timed; the run fails on any loss.
+//!
+//! More subscribers than one process of the tool can hold are split over child processes
+//! ([`super::shard`]): each receives and times its share (stamps and receipts on the one
+//! CLOCK_MONOTONIC of the machine), reports warm-up counts and, per message, when its last
+//! socket got it; the parent counts a message complete when every child has, so warm-up,
+//! the windowed publisher of `throughput` and the last-delivery latency work as in one
+//! process, at the cost of one short line per message and child.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use super::{Shared, finish, subscribe_broadcast, warm_up};
+use super::shard::{Held, Layout};
+use super::{Shared, finish, warm_up};
 use crate::body::{self, Stamp};
 use crate::cli::{Common, Fanout};
 use crate::env::Env;
+use crate::launch::LaunchError;
 use crate::publish::{Audience, Mode, Publisher};
 use crate::report::Report;
 use crate::tracker::{RING, Tracker};
@@ -33,6 +42,8 @@ pub struct Plan {
     pub window: u64,
     /// Body size.
     pub size: usize,
+    /// Processes of the tool holding the subscribers, and workers of a started server.
+    pub layout: Layout,
 }
 
 impl Plan {
@@ -43,15 +54,29 @@ impl Plan {
             "throughput" => (1000, None, Some(10.0), 0.0, 64),
             _ => (10_000, Some(100), None, 10.0, 0),
         };
+        let subscribers = a.subscribers.unwrap_or(n);
         Plan {
-            subscribers: a.subscribers.unwrap_or(n),
+            subscribers,
             messages: a.messages.or(if a.duration.is_some() { None } else { m }),
             duration: a.duration.or(d).map(Duration::from_secs_f64),
             rate: a.rate.unwrap_or(r),
             window: a.window.unwrap_or(w),
             size: a.size,
+            layout: Layout::here(subscribers, a.per_process, a.common.workers),
         }
     }
+}
+
+/// Set up a run of `plan` against wsredis: a started server gets the plan's workers, and
+/// this process raises its open-files limit for the subscribers it holds itself.
+pub fn env(c: &Common, plan: &Plan) -> Result<Env, LaunchError> {
+    let mut c = c.clone();
+    c.workers = Some(plan.layout.workers);
+    Env::wsredis_holding(
+        &c,
+        plan.subscribers,
+        plan.layout.held_here(plan.subscribers),
+    )
 }
 
 /// Run the plan against `env` (published with `mode`).
@@ -76,13 +101,45 @@ pub async fn run(scenario: &str, c: &Common, plan: &Plan, env: &Env, mode: Mode)
     report.params.insert("window".into(), json!(plan.window));
     report.params.insert("size".into(), json!(plan.size));
     report.params.insert("publisher".into(), json!(mode));
+    let layout = plan.layout;
+    report
+        .params
+        .insert("tool_processes".into(), json!(layout.processes));
+    if c.server_bin.is_some() && env.kind == "wsredis" {
+        report
+            .params
+            .insert("workers".into(), json!(layout.workers));
+    }
 
-    let tracker = Tracker::new(plan.subscribers as u32);
+    // In children, each child is one receiver of the parent's tracker.
+    let tracker = Tracker::new(if layout.processes > 1 {
+        layout.processes as u32
+    } else {
+        plan.subscribers as u32
+    });
     let shared = Arc::new(Shared::default());
     let facility = c.facility.clone();
-    let (mut tasks, connect, nonce) =
-        subscribe_broadcast(env, plan.subscribers, c, &tracker, &shared).await;
-    report.connect = connect;
+    let nonce = super::nonce();
+    let held = match Held::connect(
+        env,
+        c,
+        plan.subscribers,
+        &layout,
+        (&tracker, &shared),
+        nonce,
+        deadline,
+    )
+    .await
+    {
+        Ok((held, connect)) => {
+            report.connect = connect;
+            held
+        }
+        Err(e) => {
+            report.errors.push(e);
+            return report;
+        }
+    };
     let live = (plan.subscribers - report.connect.failed) as u64;
 
     let mut publisher = match Publisher::connect(mode, &env.targets, &facility).await {
@@ -187,16 +244,28 @@ pub async fn run(scenario: &str, c: &Common, plan: &Plan, env: &Env, mode: Mode)
     tracker.wait_completed(seq, drain).await;
     // Stragglers of the last message may still be counting; give them a moment, bounded.
     let settle = Instant::now() + Duration::from_millis(50);
-    while tracker.delivered() < seq * live && Instant::now() < settle {
+    while matches!(held, Held::Here(_))
+        && tracker.delivered() < seq * live
+        && Instant::now() < settle
+    {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     usage.record(env, &mut report);
-    tasks.abort_all();
     drop(publisher);
+    let ended = held
+        .finish(deadline.max(Instant::now() + Duration::from_secs(10)))
+        .await;
+    let sum = match ended {
+        None => tracker.summary(),
+        Some(e) => {
+            shared.closes.merge(&e.closed, &e.errors);
+            e.summary(tracker.summary().last)
+        }
+    };
 
     finish(
         &mut report,
-        &tracker.summary(),
+        &sum,
         seq,
         seq * plan.subscribers as u64,
         first_ns,

@@ -78,6 +78,24 @@ impl Closes {
         }
     }
 
+    /// Count `n` sockets that ended elsewhere (in a child process of the tool).
+    pub fn add_ended(&self, n: u64) {
+        self.count.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Add the close codes and errors reported by a child process (its ends are counted by
+    /// [`Closes::add_ended`] as they happen).
+    pub fn merge(&self, closed: &BTreeMap<u16, u64>, errors: &[String]) {
+        if let Ok(mut m) = self.by_code.lock() {
+            for (code, n) in closed {
+                *m.entry(*code).or_default() += n;
+            }
+        }
+        for e in errors {
+            self.error(e.clone());
+        }
+    }
+
     /// Sockets that ended.
     pub fn count(&self) -> u64 {
         self.count.load(Ordering::Relaxed)
@@ -103,18 +121,43 @@ pub async fn connect_many(
     quiet: bool,
     closes: &Closes,
 ) -> (Vec<Option<Conn>>, Connect) {
+    let mut conns: Vec<Option<Conn>> = (0..n).map(|_| None).collect();
+    let report = connect_each(
+        env,
+        n,
+        (concurrency, quiet),
+        path,
+        headers,
+        closes,
+        |i, c| conns[i] = Some(c),
+    )
+    .await;
+    (conns, report)
+}
+
+/// [`connect_many`], handing each socket to `each` as soon as it is open (so that it can be
+/// read at once: a socket left unread while tens of thousands more connect misses the
+/// server's pings and is closed).
+pub async fn connect_each(
+    env: &Env,
+    n: usize,
+    (concurrency, quiet): (usize, bool),
+    path: impl Fn(usize) -> String,
+    headers: impl Fn(usize) -> String,
+    closes: &Closes,
+    mut each: impl FnMut(usize, Conn),
+) -> Connect {
     type Done = (usize, Result<Conn, ClientError>, Duration);
     let pb = bar(quiet, n as u64, "connect");
     let sem = Arc::new(Semaphore::new(concurrency.max(1)));
     let mut set: JoinSet<Done> = JoinSet::new();
-    let mut conns: Vec<Option<Conn>> = (0..n).map(|_| None).collect();
     let mut times = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("bounds");
     let mut failed = 0;
     let mut take = |done: Done| {
         let (i, r, took) = done;
         let _ = times.record((took.as_micros() as u64).max(1));
         match r {
-            Ok(c) => conns[i] = Some(c),
+            Ok(c) => each(i, c),
             Err(e) => {
                 failed += 1;
                 closes.error(format!("socket {i}: {e}"));
@@ -144,43 +187,41 @@ pub async fn connect_many(
     }
     let seconds = start.elapsed().as_secs_f64();
     pb.finish_and_clear();
-    let report = Connect {
+    Connect {
         sockets: n,
         failed,
         seconds,
         per_socket_ms: Percentiles::from_us(&times),
         times_us: Some(times),
-    };
-    (conns, report)
+    }
 }
 
 /// Connect `n` sockets subscribed to the broadcast channel of `c.facility` and start a
-/// [`receive`] task for each. Returns the tasks, the connect report and the run's nonce (the
-/// warm-up markers the receivers look for).
+/// [`receive`] task for each, counting the warm-up markers of `nonce`. Returns the tasks and
+/// the connect report.
 pub async fn subscribe_broadcast(
     env: &Env,
     n: usize,
     c: &crate::cli::Common,
     tracker: &Arc<Tracker>,
     shared: &Arc<Shared>,
-) -> (JoinSet<()>, Connect, u64) {
+    nonce: u64,
+) -> (JoinSet<()>, Connect) {
     let path = format!("/ws/{}?subscribe-broadcast", c.facility);
-    let (conns, connect) = connect_many(
+    let mut tasks = JoinSet::new();
+    let connect = connect_each(
         env,
         n,
-        c.connect_concurrency,
+        (c.connect_concurrency, c.quiet),
         |_| path.clone(),
         |_| String::new(),
-        c.quiet,
         &shared.closes,
+        |_, conn| {
+            tasks.spawn(receive(conn, tracker.clone(), shared.clone(), nonce));
+        },
     )
     .await;
-    let nonce = nonce();
-    let mut tasks = JoinSet::new();
-    for conn in conns.into_iter().flatten() {
-        tasks.spawn(receive(conn, tracker.clone(), shared.clone(), nonce));
-    }
-    (tasks, connect, nonce)
+    (tasks, connect)
 }
 
 /// CPU marks of the server, Redis and this tool, taken when the measured part of a run starts.
