@@ -7,6 +7,8 @@
 mod common;
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use common::server::{Server, sample, scrape};
@@ -20,6 +22,8 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use wsredis::bus::{Bus, Retention};
 
 const CHANNEL: &str = "broadcast:chat";
+/// How far a paced publisher may run ahead of the client.
+const LEAD: u64 = 40;
 const RETENTION: Retention = Retention {
     size: 5_000,
     ttl_secs: 600,
@@ -49,6 +53,8 @@ struct Client {
     failed: Vec<serde_json::Value>,
     recovered: u64,
     connects: u64,
+    /// The highest number received, for a publisher that keeps pace (see [`publisher`]).
+    progress: Arc<AtomicU64>,
 }
 
 impl Client {
@@ -83,7 +89,11 @@ impl Client {
             self.positions.insert(ch, (e.to_owned(), o));
         }
         match v["type"].as_str() {
-            Some("message") => self.got.push(v["data"].as_str().unwrap().parse().unwrap()),
+            Some("message") => {
+                let n = v["data"].as_str().unwrap().parse().unwrap();
+                self.got.push(n);
+                self.progress.fetch_max(n, Ordering::Relaxed);
+            }
             Some("recovered") => self.recovered += v["count"].as_u64().unwrap(),
             Some("recovery_failed") => self.failed.push(v),
             other => panic!("unexpected frame {other:?}: {text}"),
@@ -137,10 +147,23 @@ async fn live(client: &mut Client, server: &Server, redis: &RedisServer) -> Ws {
     ws
 }
 
-/// Publish `1..=n` to `CHANNEL` through the history script, one every `every`.
-fn publisher(bus: Bus, n: u64, every: Duration) -> tokio::task::JoinHandle<()> {
+/// Publish `1..=n` to `CHANNEL` through the history script, one every `every`; with `pace`,
+/// never more than [`LEAD`] numbers ahead of what the client has received, so a connection
+/// cut always finds messages in flight and misses some, however slow the machine.
+fn publisher(
+    bus: Bus,
+    n: u64,
+    every: Duration,
+    pace: Option<Arc<AtomicU64>>,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         for i in 1..=n {
+            while pace
+                .as_ref()
+                .is_some_and(|got| i > got.load(Ordering::Relaxed) + LEAD)
+            {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
             // Redis may be briefly busy; a failed publish is retried, so every number exists.
             while bus
                 .publish_with(
@@ -199,7 +222,12 @@ async fn survives(cut: Cut) {
     let bus = Bus::connect_url(&redis.url(), 16).await.unwrap();
     let mut client = Client::default();
     let mut ws = live(&mut client, &server, redis).await;
-    let publishing = publisher(bus.clone(), N, Duration::from_millis(4));
+    let publishing = publisher(
+        bus.clone(),
+        N,
+        Duration::from_millis(4),
+        Some(client.progress.clone()),
+    );
     let mut cuts = 0;
     for at in [100, 250, 400] {
         if !client.read_until(&mut ws, at).await {
@@ -263,7 +291,7 @@ async fn lost_pubsub_messages_are_filled_from_history() {
     let bus = Bus::connect_url(&redis.url(), 16).await.unwrap();
     let mut client = Client::default();
     let mut ws = live(&mut client, &server, redis).await;
-    let publishing = publisher(bus.clone(), N, Duration::from_millis(2));
+    let publishing = publisher(bus.clone(), N, Duration::from_millis(2), None);
     for at in [150, 400] {
         assert!(client.read_until(&mut ws, at).await);
         // Cut the workers' subscriber connections: what is published until they are back is
@@ -385,7 +413,9 @@ async fn one_publishers_order_holds_on_every_worker_and_plain_clients_see_ws4red
     let bus = Bus::connect_url(&redis.url(), 16).await.unwrap();
     // Let the late sockets' subscriptions settle, then publish as fast as one publisher can.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    publisher(bus.clone(), N, Duration::ZERO).await.unwrap();
+    publisher(bus.clone(), N, Duration::ZERO, None)
+        .await
+        .unwrap();
     for (c, ws) in &mut sockets {
         assert!(c.read_until(ws, N).await);
         c.assert_exactly_once_in_order(N);
@@ -491,7 +521,9 @@ async fn a_bad_recover_parameter_is_ignored_and_counted() {
     let bus = Bus::connect_url(&redis.url(), 16).await.unwrap();
     // Let every socket's subscription settle on its worker, then one message reaches them all.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    publisher(bus.clone(), 1, Duration::ZERO).await.unwrap();
+    publisher(bus.clone(), 1, Duration::ZERO, None)
+        .await
+        .unwrap();
     for ws in &mut sockets {
         let mut c = Client::default();
         assert!(c.read_until(ws, 1).await);

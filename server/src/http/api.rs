@@ -54,6 +54,9 @@ pub enum ApiError {
     /// Redis cannot be reached: nothing was published.
     #[error("redis unavailable: nothing was published")]
     Unavailable,
+    /// Redis cannot be reached: nothing could be read (presence, stored messages).
+    #[error("redis unavailable: nothing could be read, try again shortly")]
+    ReadUnavailable,
     /// Redis refused.
     #[error("redis error: {0}")]
     Redis(String),
@@ -71,13 +74,23 @@ impl From<BusError> for ApiError {
     }
 }
 
+impl ApiError {
+    /// A failed Redis read (not a publish): unavailable means nothing could be read.
+    pub(crate) fn read(e: BusError) -> Self {
+        match e {
+            BusError::Unavailable => ApiError::ReadUnavailable,
+            other => other.into(),
+        }
+    }
+}
+
 fn error_response(e: &ApiError) -> Response {
     let status = match e {
         ApiError::Disabled | ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
         ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
         ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
         ApiError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-        ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        ApiError::Unavailable | ApiError::ReadUnavailable => StatusCode::SERVICE_UNAVAILABLE,
         ApiError::Redis(_) => StatusCode::BAD_GATEWAY,
         ApiError::NotFound => StatusCode::NOT_FOUND,
     };
@@ -286,7 +299,8 @@ async fn messages(app: &App, facility: &str, query: &str) -> Result<Response, Ap
     let channels = channels_of(&app.namer, &p)?;
     let mut found = serde_json::Map::new();
     for ch in channels {
-        if let Some(m) = app.bus.stored(std::slice::from_ref(&ch)).await?.pop() {
+        let stored = app.bus.stored(std::slice::from_ref(&ch)).await;
+        if let Some(m) = stored.map_err(ApiError::read)?.pop() {
             found.insert(ch, String::from_utf8_lossy(&m).into_owned().into());
         }
     }

@@ -72,7 +72,8 @@ pub async fn handle(app: &Arc<App>, req: &Request<Incoming>) -> Result<Response,
         return Err(ApiError::NotFound);
     }
     let mut channels = Map::new();
-    for (label, counts) in app.presence.facility(&facility).await? {
+    let counts = app.presence.facility(&facility).await;
+    for (label, counts) in counts.map_err(ApiError::read)? {
         if reader.sees(&label) {
             channels.insert(label.clone(), counts.to_json(&label));
         }
@@ -92,7 +93,7 @@ async fn reader(app: &App, req: &Request<Incoming>) -> Result<Reader, ApiError> 
     let identity = crate::ws::identity_of(app, req)
         .await
         .map_err(|e| match e {
-            HandshakeError::Unavailable => ApiError::Unavailable,
+            HandshakeError::Unavailable => ApiError::ReadUnavailable,
             other => ApiError::BadRequest(other.to_string()),
         })?;
     if identity.username.is_none() {
