@@ -209,6 +209,22 @@ pub fn render(pool: &str, slots: &Slots, master: &MasterStats, live: &[LiveWorke
         COUNTER,
         closed,
     ));
+    let reasons = crate::ws::CloseReason::ALL
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            counter(
+                &[("pool", pool), ("reason", r.as_str())],
+                sum(slots, |s| &s.ws_close_reasons[i]),
+            )
+        })
+        .collect();
+    fams.push(family(
+        "websockets_close_reasons_total",
+        "Websocket connections closed, by why (a ping timeout and a drain both close with 1001).",
+        COUNTER,
+        reasons,
+    ));
     fams.push(family(
         "presence_entries",
         "Presence entries held by the workers (one per socket and channel).",
@@ -463,6 +479,11 @@ mod tests {
         slots.slot(1).delivered.fetch_add(5, Ordering::Relaxed);
         slots.slot(2).delivered.fetch_add(7, Ordering::Relaxed);
         slots.slot(2).closed(1001);
+        let timeout = crate::ws::CloseReason::ALL
+            .iter()
+            .position(|r| *r == crate::ws::CloseReason::PingTimeout)
+            .unwrap();
+        slots.slot(2).ws_close_reasons[timeout].fetch_add(1, Ordering::Relaxed);
         slots
             .slot(1)
             .http(0, 200, std::time::Duration::from_millis(2));
@@ -478,6 +499,12 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("wsredis_websockets_closed_total{pool=\"all\",code=\"1001\"} 1"));
+        assert!(text.contains(
+            "wsredis_websockets_close_reasons_total{pool=\"all\",reason=\"ping_timeout\"} 1"
+        ));
+        assert!(text.contains(
+            "wsredis_websockets_close_reasons_total{pool=\"all\",reason=\"going_away\"} 0"
+        ));
         assert!(text.contains("wsredis_worker_restarts_total{pool=\"all\",cause=\"crash\"} 1"));
         assert!(text.contains(
             "wsredis_http_requests_total{pool=\"all\",route=\"healthz\",status=\"2xx\"} 1"

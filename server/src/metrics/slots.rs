@@ -80,6 +80,9 @@ pub struct Slot {
     pub ws_opened: AtomicU64,
     /// Websockets closed, by code (see [`CLOSE_CODES`]; the last entry is "other").
     pub ws_closed: [AtomicU64; CLOSE_CODES.len() + 1],
+    /// Websockets closed, by why (in the order of [`crate::ws::CloseReason::ALL`]): a ping
+    /// timeout and a drain both close with 1001.
+    pub ws_close_reasons: [AtomicU64; crate::ws::CloseReason::ALL.len()],
     /// Handshakes refused (400/403/426/503 before upgrade).
     pub ws_refused: AtomicU64,
     /// Messages received from clients.

@@ -247,6 +247,7 @@ impl App {
             add(bucket, *d);
         }
         for (i, reason) in CloseReason::ALL.iter().enumerate() {
+            add(&slot.ws_close_reasons[i], delta[closes_at + i]);
             for _ in 0..delta[closes_at + i] {
                 slot.closed(close_code(*reason));
             }
