@@ -334,7 +334,12 @@ async fn passwords_never_reach_the_logs_even_at_trace_level() {
         "trace",
     ]);
     let base = server.base();
-    let passwords = ["Pw-add-7f3a9c", "Pw-set-8d1e02", "Pw-wrong-41b2aa"];
+    let passwords = [
+        "Pw-add-7f3a9c",
+        "Pw-set-8d1e02",
+        "Pw-wrong-41b2aa",
+        "Pw-in-username-c0ffee",
+    ];
     let mut admin = Client::new(&base);
     admin.login("admin", "secret", "/admin/").await;
     admin.get("/admin/users/add/").await;
@@ -366,11 +371,25 @@ async fn passwords_never_reach_the_logs_even_at_trace_level() {
         .login("logcheck", passwords[1], "/")
         .await;
     assert_eq!(r.status, 302);
+    // The password typed into the username field: the failed login is logged without it.
+    let r = Client::new(&base)
+        .login(passwords[3], "logcheck", "/")
+        .await;
+    assert_eq!(r.status, 200);
 
     let log = server.log_text();
     assert!(
         log.contains("logged in") && log.contains("TRACE"),
         "trace logging is on"
+    );
+    assert!(
+        log.contains("login failed") && log.contains("(no such account)"),
+        "failed logins are logged"
+    );
+    assert!(
+        log.lines()
+            .any(|l| l.contains("login failed") && l.contains("logcheck")),
+        "a failed login of an existing account names it"
     );
     println!("{} log lines at trace level checked", log.lines().count());
     for pw in passwords.iter().chain(&["secret"]) {

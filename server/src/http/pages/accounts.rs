@@ -87,7 +87,8 @@ pub(super) async fn login(
     }
     if let Some(wait) = app.login_throttle.check(username, req.client_ip).await? {
         app.slot.login_throttled.fetch_add(1, Relaxed);
-        tracing::warn!(user = %username, client = ?req.client_ip, retry_after = wait,
+        let user = account_name(app, username).await;
+        tracing::warn!(user, client = ?req.client_ip, retry_after = wait,
             "login throttled: too many failed attempts");
         let mut resp = page(
             StatusCode::TOO_MANY_REQUESTS,
@@ -107,7 +108,8 @@ pub(super) async fn login(
     .await?;
     let Some((key, _record)) = outcome else {
         app.slot.login_failures.fetch_add(1, Relaxed);
-        tracing::info!(user = %username, client = ?req.client_ip, "login failed");
+        let user = account_name(app, username).await;
+        tracing::info!(user, client = ?req.client_ip, "login failed");
         // Best effort: the visitor still gets "wrong password" if Redis cannot count it.
         if let Err(e) = app.login_throttle.failed(username, req.client_ip).await {
             tracing::warn!(error = %e, "cannot count a failed login");
@@ -151,4 +153,13 @@ pub(super) async fn logout(
     let mut resp = response::redirect(&next);
     response::set_cookie(&mut resp, &cookie::session_cookie_removal(req.https));
     Ok(resp)
+}
+
+/// What a failed login may log as the user: the name when it is an account's, never what was
+/// typed otherwise (people type their password into the username field).
+async fn account_name<'a>(app: &App, typed: &'a str) -> &'a str {
+    match app.store.user_by_username(typed).await {
+        Ok(Some(_)) => typed,
+        _ => "(no such account)",
+    }
 }
