@@ -357,6 +357,17 @@ async fn redis_restarted_empty_gives_recovery_failed() {
         "no history after the restart"
     );
 
+    // Every worker holding one of the two sockets is subscribed again before "4" goes out
+    // (a worker still reconnecting would not hear it: Redis keeps no pub/sub backlog).
+    let holders: std::collections::HashSet<i32> = [owner(&server, &ws), owner(&server, &stays)]
+        .into_iter()
+        .flatten()
+        .collect();
+    assert!(
+        eventually(Duration::from_secs(15), || redis.numsub(CHANNEL)
+            >= holders.len() as u64)
+        .await
+    );
     // The socket that stayed open learns it with the first message of the new epoch.
     let published = Instant::now();
     while bus
