@@ -179,22 +179,13 @@ fn recovery_loses_and_duplicates_nothing_across_dropped_sockets() {
     assert_eq!(rec["duplicated"], 0, "{r:#}");
 }
 
-#[test]
-fn idle_over_several_processes_counts_every_socket() {
-    // --per-process 100 forces the path a run past the open-files limit takes: three child
-    // processes of the tool, each holding 100 sockets, reporting to the parent; --sources 2
-    // the one of a big run, whose sockets come from 127.0.0.2 and 127.0.0.3.
-    let r = run(&[
-        "idle",
-        "-n",
-        "300",
-        "--per-process",
-        "100",
-        "--sources",
-        "2",
-        "--hold",
-        "0.5",
-    ]);
+/// Run `args` (a scenario and its options) with 300 sockets over three child processes of
+/// the tool (`--per-process 100`) from two source addresses, as a run past the open-files limit
+/// does, and check that all three connected their 100 and the parent merged their timings.
+fn run_in_three_processes(args: &[&str]) -> Value {
+    let mut all = args.to_vec();
+    all.extend(["-n", "300", "--per-process", "100", "--sources", "2"]);
+    let r = run(&all);
     assert_eq!(r["params"]["tool_processes"], 3, "{r:#}");
     assert_eq!(r["params"]["workers"], 2, "{r:#}");
     assert_eq!(r["connect"]["sockets"], 300, "{r:#}");
@@ -203,6 +194,15 @@ fn idle_over_several_processes_counts_every_socket() {
         r["connect"]["per_socket_ms"]["count"], 300,
         "every child's connect times merged: {r:#}"
     );
+    r
+}
+
+#[test]
+fn idle_over_several_processes_counts_every_socket() {
+    // --per-process 100 forces the path a run past the open-files limit takes: three child
+    // processes of the tool, each holding 100 sockets, reporting to the parent; --sources 2
+    // the one of a big run, whose sockets come from 127.0.0.2 and 127.0.0.3.
+    let r = run_in_three_processes(&["idle", "--hold", "0.5"]);
     assert_eq!(r["expected"], 300, "{r:#}");
     assert_eq!(r["delivered"], 300, "all held to the end: {r:#}");
     assert_eq!(r["lost"], 0, "{r:#}");
@@ -219,23 +219,7 @@ fn fanout_over_several_processes_delivers_every_message_once() {
     // --per-process 100 forces the path of a run past the open-files limit: three child
     // processes of the tool receive 100 subscribers each and report to the parent, which
     // publishes, merges the deliveries and finds each message's last delivery over all three.
-    let r = run(&[
-        "fanout",
-        "-n",
-        "300",
-        "--per-process",
-        "100",
-        "--sources",
-        "2",
-        "-m",
-        "10",
-        "-r",
-        "50",
-    ]);
-    assert_eq!(r["params"]["tool_processes"], 3, "{r:#}");
-    assert_eq!(r["params"]["workers"], 2, "{r:#}");
-    assert_eq!(r["connect"]["sockets"], 300, "{r:#}");
-    assert_eq!(r["connect"]["per_socket_ms"]["count"], 300, "{r:#}");
+    let r = run_in_three_processes(&["fanout", "-m", "10", "-r", "50"]);
     assert!(r["warmup_rounds"].as_u64().unwrap() >= 1, "{r:#}");
     assert_all_delivered(&r, 3000);
     assert_eq!(r["latency_ms"]["count"], 3000, "{r:#}");

@@ -120,7 +120,7 @@ pub async fn run(scenario: &str, c: &Common, plan: &Plan, env: &Env, mode: Mode)
     let shared = Arc::new(Shared::default());
     let facility = c.facility.clone();
     let nonce = super::nonce();
-    let held = match Held::connect(
+    let connected = Held::connect(
         env,
         c,
         plan.subscribers,
@@ -129,16 +129,9 @@ pub async fn run(scenario: &str, c: &Common, plan: &Plan, env: &Env, mode: Mode)
         nonce,
         deadline,
     )
-    .await
-    {
-        Ok((held, connect)) => {
-            report.connect = connect;
-            held
-        }
-        Err(e) => {
-            report.errors.push(e);
-            return report;
-        }
+    .await;
+    let Some(held) = Held::recorded(connected, &mut report) else {
+        return report;
     };
     let live = (plan.subscribers - report.connect.failed) as u64;
 

@@ -56,7 +56,7 @@ pub async fn run(a: &Idle, plan: &Layout, env: &Env) -> Report {
     let slab_before = procfs::slab_kib();
     let shared = Arc::new(Shared::default());
     let tracker = Tracker::new(plan.processes as u32);
-    let held = match Held::connect(
+    let connected = Held::connect(
         env,
         c,
         a.sockets,
@@ -65,16 +65,9 @@ pub async fn run(a: &Idle, plan: &Layout, env: &Env) -> Report {
         super::nonce(),
         deadline,
     )
-    .await
-    {
-        Ok((held, connect)) => {
-            report.connect = connect;
-            held
-        }
-        Err(e) => {
-            report.errors.push(e);
-            return report;
-        }
+    .await;
+    let Some(held) = Held::recorded(connected, &mut report) else {
+        return report;
     };
     tokio::time::sleep(SETTLE).await;
     let cpu = procfs::cpu_mark(pid);

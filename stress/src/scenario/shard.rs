@@ -570,6 +570,24 @@ impl Held {
         Ok((Held::Shards(shards), connect))
     }
 
+    /// The outcome of [`Held::connect`] into `report`: its connect numbers, or its error (then
+    /// `None`: the run cannot go on).
+    pub fn recorded(
+        connected: Result<(Held, Connect), String>,
+        report: &mut crate::report::Report,
+    ) -> Option<Held> {
+        match connected {
+            Ok((held, connect)) => {
+                report.connect = connect;
+                Some(held)
+            }
+            Err(e) => {
+                report.errors.push(e);
+                None
+            }
+        }
+    }
+
     /// Processes of the tool holding the subscribers.
     pub fn processes(&self) -> usize {
         match self {
