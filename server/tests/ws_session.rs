@@ -294,6 +294,20 @@ async fn one_mib_message_passes_when_allowed() {
     assert_eq!(next_text(&mut sub).await.len(), big.len());
 }
 
+/// A message from Redis longer than the socket may send (a Django publisher is not bound by
+/// the incoming limit) is skipped and counted; the socket stays and gets the next one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outgoing_message_over_the_limit_is_skipped_and_counted() {
+    let redis = RedisServer::start();
+    let server = Server::start_with(config(&redis, &[]), |s| s.max_outgoing = 10).await;
+    let mut sub = server.anon(&redis, "/ws/lim?subscribe-broadcast").await;
+    redis.cli(&["PUBLISH", "broadcast:lim", "eleven char"]);
+    redis.cli(&["PUBLISH", "broadcast:lim", "ten chars!"]);
+    assert_eq!(next_text(&mut sub).await, "ten chars!");
+    assert_eq!(server.stats.too_large.load(Ordering::Relaxed), 1);
+    assert_eq!(server.stats.delivered.load(Ordering::Relaxed), 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_message_closes_1009() {
     let (redis, server) = setup(&[]).await; // 64 KiB default

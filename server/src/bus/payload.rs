@@ -7,6 +7,8 @@
 //! which breaks clients on binary payloads).
 
 use bytes::Bytes;
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data as OpData, OpCode};
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 /// A message body shared by every local subscriber.
@@ -47,6 +49,21 @@ impl Payload {
         self.as_bytes().is_empty()
     }
 
+    /// The complete server frame (header and payload, unmasked) as it goes on the wire,
+    /// encoded by tungstenite: built once per message, then written to every socket as is.
+    pub fn to_wire(&self) -> Bytes {
+        let (bytes, opcode) = match self {
+            Payload::Text(t) => (Bytes::from(t.clone()), OpData::Text),
+            Payload::Binary(b) => (b.clone(), OpData::Binary),
+        };
+        let frame = Frame::message(bytes, OpCode::Data(opcode), true);
+        let mut out = Vec::with_capacity(frame.len());
+        frame
+            .format(&mut out)
+            .expect("formatting into a Vec cannot fail");
+        Bytes::from(out)
+    }
+
     /// The websocket frame for this payload (a refcount clone, no copy).
     pub fn to_message(&self) -> Message {
         match self {
@@ -68,6 +85,30 @@ mod tests {
         assert!(matches!(b.to_message(), Message::Binary(ref v) if &v[..] == b"\x00\x01\xff"));
         assert_eq!(b.len(), 3);
         assert!(Payload::from_bytes(Bytes::new()).is_empty());
+    }
+
+    #[test]
+    fn wire_frames_are_what_a_client_parses() {
+        for body in [
+            &b"hello"[..],
+            &[b'x'; 126][..],
+            &[b'y'; 70_000][..],
+            b"\xff\x00",
+        ] {
+            let p = Payload::from_bytes(Bytes::copy_from_slice(body));
+            let wire = p.to_wire();
+            let mut input = std::io::Cursor::new(wire.to_vec());
+            let (header, len) =
+                tokio_tungstenite::tungstenite::protocol::frame::FrameHeader::parse(&mut input)
+                    .unwrap()
+                    .expect("a whole header");
+            assert_eq!(len as usize, body.len());
+            assert!(header.is_final && header.mask.is_none());
+            let text = std::str::from_utf8(body).is_ok();
+            let want = if text { OpData::Text } else { OpData::Binary };
+            assert_eq!(header.opcode, OpCode::Data(want));
+            assert_eq!(&wire[input.position() as usize..], body);
+        }
     }
 
     #[test]

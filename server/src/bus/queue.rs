@@ -177,7 +177,10 @@ mod tests {
             panic!("an item was queued")
         };
         assert_eq!(d.payload.as_bytes(), b"a");
-        assert_eq!(q.try_recv().map(|d| d.payload), Some(item(b"b").payload));
+        assert_eq!(
+            q.try_recv().map(|d| d.payload.clone()),
+            Some(item(b"b").payload.clone())
+        );
         assert!(q.try_recv().is_none());
         assert!(q.poll_overflowed(&mut cx).is_pending());
         q.push(item(b"c"), 2);

@@ -22,6 +22,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Instant;
 
+use bytes::Bytes;
+
 use tokio::sync::{Notify, mpsc};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
@@ -44,9 +46,14 @@ pub struct BusStats {
     pub reconnects: AtomicU64,
 }
 
-/// One message for one socket: the channel it came on and the shared body.
+/// One message for one socket: a pointer to what every local subscriber of the message shares
+/// (the channel, the body, its position, its frames), so queueing it costs one refcount.
 #[derive(Clone, Debug)]
-pub struct Delivery {
+pub struct Delivery(Arc<Fanned>);
+
+/// One Redis message as this worker fans it out; every [`Delivery`] of it points here.
+#[derive(Debug)]
+pub struct Fanned {
     /// The Redis channel (shared with the registry's key, no copy).
     pub channel: Arc<str>,
     /// The body.
@@ -55,44 +62,62 @@ pub struct Delivery {
     pub position: Option<Position>,
     /// When the message arrived from Redis (for the fan-out latency).
     pub arrived: Instant,
-    /// Shared by every delivery of this message in this worker.
-    shared: Arc<Shared>,
+    /// The channel's audience label (`broadcast`, `user:U`, …), as given at subscribe.
+    label: Arc<str>,
+    /// The envelope frame, built by the first envelope socket that needs it.
+    frame: OnceLock<Utf8Bytes>,
+    /// The plain websocket frame on the wire, built by the first socket that needs it.
+    wire: OnceLock<Bytes>,
 }
 
-/// What the deliveries of one message share: the channel's audience label and the envelope
-/// frame, built by the first socket that needs it.
-#[derive(Debug)]
-struct Shared {
-    label: Arc<str>,
-    frame: OnceLock<Utf8Bytes>,
+impl std::ops::Deref for Delivery {
+    type Target = Fanned;
+    fn deref(&self) -> &Fanned {
+        &self.0
+    }
 }
 
 impl Delivery {
+    fn new(
+        channel: Arc<str>,
+        label: Arc<str>,
+        payload: Payload,
+        position: Option<Position>,
+        arrived: Instant,
+    ) -> Self {
+        Delivery(Arc::new(Fanned {
+            channel,
+            payload,
+            position,
+            arrived,
+            label,
+            frame: OnceLock::new(),
+            wire: OnceLock::new(),
+        }))
+    }
+
     /// A delivery on `channel` outside any registry (unit tests of the queue).
     #[cfg(test)]
     pub(crate) fn detached(channel: &str, payload: Payload) -> Self {
         let channel: Arc<str> = Arc::from(channel);
-        Delivery {
-            shared: Arc::new(Shared {
-                label: channel.clone(),
-                frame: OnceLock::new(),
-            }),
-            channel,
-            payload,
-            position: None,
-            arrived: Instant::now(),
-        }
+        Delivery::new(channel.clone(), channel, payload, None, Instant::now())
     }
 
     /// The audience label of the channel (`broadcast`, `user:U`, …), as given at subscribe.
     pub fn label(&self) -> &str {
-        &self.shared.label
+        &self.0.label
     }
 
     /// The message's envelope frame: `build` runs at most once per message and worker, every
     /// other socket gets a refcount clone.
     pub fn shared_frame(&self, build: impl FnOnce(&Delivery) -> Utf8Bytes) -> Utf8Bytes {
-        self.shared.frame.get_or_init(|| build(self)).clone()
+        self.0.frame.get_or_init(|| build(self)).clone()
+    }
+
+    /// The body as one complete websocket frame (header and payload), encoded by the first
+    /// socket that sends it and shared by every other: a refcount clone, never a copy.
+    pub fn wire_frame(&self) -> Bytes {
+        self.0.wire.get_or_init(|| self.payload.to_wire()).clone()
     }
 }
 
@@ -223,19 +248,15 @@ impl Registry {
         let Some((key, entry)) = table.get_key_value(channel) else {
             return;
         };
-        let shared = Arc::new(Shared {
-            label: entry.label.clone().unwrap_or_else(|| key.clone()),
-            frame: OnceLock::new(),
-        });
+        let delivery = Delivery::new(
+            key.clone(),
+            entry.label.clone().unwrap_or_else(|| key.clone()),
+            payload,
+            position,
+            arrived,
+        );
         for local in &entry.locals {
-            let delivery = Delivery {
-                channel: key.clone(),
-                payload: payload.clone(),
-                position: position.clone(),
-                arrived,
-                shared: shared.clone(),
-            };
-            if local.queue.push(delivery, self.queue_len) == Pushed::Overflowed {
+            if local.queue.push(delivery.clone(), self.queue_len) == Pushed::Overflowed {
                 self.stats.overflows.fetch_add(1, Ordering::Relaxed);
             }
         }

@@ -11,8 +11,8 @@
 //!    ([`ChannelError::Forbidden`] → 403, [`ChannelError::InvalidFacility`] → 400);
 //!
 //! and after the upgrade builds
-//! `WebSocketStream::from_raw_socket(io, Role::Server, Some(websocket_config(&config)))` and
-//! runs [`session::run`] with a [`SessionCtx`] and the worker's shutdown token.
+//! `WebSocketStream::from_raw_socket(Wire::new(io), Role::Server, Some(websocket_config(&config)))`
+//! and runs [`session::run`] with a [`SessionCtx`] and the worker's shutdown token.
 //!
 //! A client that offers the `wsredis.v1` subprotocol ([`envelope`]) gets JSON envelopes with
 //! history positions and recovery (docs/protocol.md) through [`EnvelopeCtx`]; everyone else
@@ -28,6 +28,7 @@ pub mod session;
 pub mod settings;
 pub mod stats;
 mod upgrade;
+pub mod wire;
 
 pub use crate::bus::channels::{ChannelError, Channels, Identity, Namer};
 pub use flags::Flags;
@@ -37,3 +38,4 @@ pub use settings::{Settings, websocket_config};
 pub use stats::{CloseReason, Stats};
 pub(crate) use upgrade::identity_of;
 pub use upgrade::upgrade;
+pub use wire::Wire;

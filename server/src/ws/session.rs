@@ -2,10 +2,11 @@
 //! limits, and the closing handshake.
 //!
 //! Invariants:
-//! - One task per socket, one `select!` loop; every `ws.send` happens in an arm body (through
-//!   `Session::send`), never as a branch future of the main loop. tungstenite buffers whole
-//!   frames, so abandoning a blocked send (queue overflow, shutdown, write timeout) never tears a
-//!   frame; the close frame follows it.
+//! - One task per socket, one `select!` loop; every write happens in an arm body (through
+//!   `Session::send`, or `Session::deliver` for fanned-out messages, which writes their shared
+//!   encoded frames through [`Wire`]), never as a branch future of the main loop. tungstenite
+//!   and the wire both keep whole frames, so abandoning a blocked write (queue overflow,
+//!   shutdown, write timeout) never tears a frame; the close frame follows it.
 //! - The bus never waits for this socket: it `try_send`s into the subscription's bounded queue
 //!   (`send_queue`); an overflow ends this socket with 1013 and nobody else notices.
 //! - Every way out is an `End` whose close code is chosen in `close.rs` and counted in
@@ -33,6 +34,7 @@ use super::echo::EchoFilter;
 use super::recovery::{EnvelopeCtx, Tracker};
 use super::settings::Settings;
 use super::stats::{CloseReason, Stats};
+use super::wire::Wire;
 use crate::bus::channels::Channels;
 use crate::bus::{Bus, BusError, Delivery, Overflowed, Payload, Retention, Subscription};
 
@@ -67,7 +69,7 @@ pub struct SessionCtx {
 
 /// Drive one upgraded socket until it ends; returns when the socket is closed (or dropped).
 /// `shutdown` cancelled → close 1001 "going away".
-pub async fn run<S>(mut ws: WebSocketStream<S>, ctx: SessionCtx, shutdown: CancellationToken)
+pub async fn run<S>(mut ws: WebSocketStream<Wire<S>>, ctx: SessionCtx, shutdown: CancellationToken)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -123,7 +125,7 @@ impl Session {
         }
     }
 
-    async fn drive<S>(&mut self, ws: &mut WebSocketStream<S>) -> End
+    async fn drive<S>(&mut self, ws: &mut WebSocketStream<Wire<S>>) -> End
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
@@ -197,7 +199,7 @@ impl Session {
 
     /// Send the stored last message of each subscribed channel (ws4redis replay), after Redis
     /// confirmed the subscriptions so nothing published meanwhile falls in between.
-    async fn replay<S>(&mut self, ws: &mut WebSocketStream<S>) -> Result<(), End>
+    async fn replay<S>(&mut self, ws: &mut WebSocketStream<Wire<S>>) -> Result<(), End>
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
@@ -228,7 +230,7 @@ impl Session {
     /// per message. Whatever ends the socket ends it after the messages before it are published.
     async fn on_frames<S>(
         &mut self,
-        ws: &mut WebSocketStream<S>,
+        ws: &mut WebSocketStream<Wire<S>>,
         first: Option<Result<Message, WsError>>,
     ) -> Result<(), End>
     where
@@ -262,7 +264,7 @@ impl Session {
     /// One frame from the client: `Some(body)` when it is a message to publish.
     async fn on_frame<S>(
         &mut self,
-        ws: &mut WebSocketStream<S>,
+        ws: &mut WebSocketStream<Wire<S>>,
         frame: Option<Result<Message, WsError>>,
     ) -> Result<Option<Bytes>, End>
     where
@@ -331,7 +333,11 @@ impl Session {
     /// The frames are taken from the queue as they are written: no list is built, and the
     /// clock is read once per batch (each delivery's fan-out latency is measured to the moment
     /// its batch goes to the socket).
-    async fn deliver<S>(&mut self, ws: &mut WebSocketStream<S>, first: Delivery) -> Result<(), End>
+    async fn deliver<S>(
+        &mut self,
+        ws: &mut WebSocketStream<Wire<S>>,
+        first: Delivery,
+    ) -> Result<(), End>
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
@@ -347,6 +353,7 @@ impl Session {
             ..
         } = self;
         let stats = &ctx.stats;
+        let max_outgoing = ctx.settings.max_outgoing;
         let mut next = Some(first);
         let mut taken = 0;
         let frames = std::iter::from_fn(|| {
@@ -357,21 +364,34 @@ impl Session {
                     None => return None,
                 };
                 taken += 1;
-                if let Some(m) = admit(echo, stats, &d) {
+                if admit(echo, stats, &d, max_outgoing) {
                     stats
                         .fanout
                         .observe(now.saturating_duration_since(d.arrived));
-                    return Some(m);
+                    return Some(d.wire_frame());
                 }
             }
         });
+        let write = async {
+            // tungstenite's buffer (a pong it owes, say) goes first: encoded frames are only
+            // added at a frame boundary.
+            ws.flush().await?;
+            let wire = ws.get_mut();
+            let mut sent = 0u64;
+            for frame in frames {
+                wire.push(frame);
+                sent += 1;
+            }
+            std::future::poll_fn(|cx| wire.poll_drain(cx)).await?;
+            Ok::<_, WsError>(sent)
+        };
         let write_timeout = ctx.settings.ping_interval * 2;
-        let sent = write_frames(ws, frames, write_timeout, stats, shutdown, sub).await?;
+        let sent = bounded(write, write_timeout, shutdown, sub).await?;
         Stats::add(&stats.delivered, sent);
         Ok(())
     }
 
-    async fn heartbeat<S>(&mut self, ws: &mut WebSocketStream<S>) -> Result<(), End>
+    async fn heartbeat<S>(&mut self, ws: &mut WebSocketStream<Wire<S>>) -> Result<(), End>
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
@@ -384,7 +404,7 @@ impl Session {
     }
 
     /// Send one frame; see [`Session::send_all`].
-    async fn send<S>(&mut self, ws: &mut WebSocketStream<S>, msg: Message) -> Result<(), End>
+    async fn send<S>(&mut self, ws: &mut WebSocketStream<Wire<S>>, msg: Message) -> Result<(), End>
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
@@ -392,7 +412,11 @@ impl Session {
     }
 
     /// Send frames with one flush; see [`write_frames`].
-    async fn send_all<S, I>(&mut self, ws: &mut WebSocketStream<S>, msgs: I) -> Result<(), End>
+    async fn send_all<S, I>(
+        &mut self,
+        ws: &mut WebSocketStream<Wire<S>>,
+        msgs: I,
+    ) -> Result<(), End>
     where
         S: AsyncRead + AsyncWrite + Unpin,
         I: IntoIterator<Item = Message>,
@@ -411,16 +435,21 @@ impl Session {
     }
 }
 
-/// The frame for a delivery, unless it is empty or the socket's own echo.
-fn admit(echo: &mut EchoFilter, stats: &Stats, d: &Delivery) -> Option<Message> {
+/// Whether a delivery goes out: not when it is empty, the socket's own echo, or longer than
+/// the socket may send (counted).
+fn admit(echo: &mut EchoFilter, stats: &Stats, d: &Delivery, max_outgoing: usize) -> bool {
     if d.payload.is_empty() {
-        return None;
+        return false;
     }
     if echo.is_own(&d.channel, d.payload.as_bytes()) {
         Stats::inc(&stats.echo_suppressed);
-        return None;
+        return false;
     }
-    Some(d.payload.to_message())
+    if d.payload.len() > max_outgoing {
+        Stats::inc(&stats.too_large);
+        return false;
+    }
+    true
 }
 
 /// Send frames with one flush, giving up when the socket overflows, the worker shuts down,
@@ -428,7 +457,7 @@ fn admit(echo: &mut EchoFilter, stats: &Stats, d: &Delivery) -> Option<Message> 
 /// buffer is skipped (counted), the socket stays. A socket with room takes the frames on the
 /// first poll, without arming the write timer. Returns how many frames were written.
 async fn write_frames<S, I>(
-    ws: &mut WebSocketStream<S>,
+    ws: &mut WebSocketStream<Wire<S>>,
     msgs: I,
     write_timeout: Duration,
     stats: &Stats,
@@ -450,18 +479,38 @@ where
         }
         ws.flush().await.map(|()| written)
     };
+    bounded(write, write_timeout, shutdown, sub).await
+}
+
+/// Run a write to the end unless the worker shuts down, the queue overflows, or it has not
+/// completed within `write_timeout`. A socket with room completes it on the first poll,
+/// without arming the write timer.
+async fn bounded<F>(
+    write: F,
+    write_timeout: Duration,
+    shutdown: &CancellationToken,
+    sub: &Subscription,
+) -> Result<u64, End>
+where
+    F: Future<Output = Result<u64, WsError>>,
+{
     tokio::pin!(write);
-    let written = match futures_util::poll!(&mut write) {
-        Poll::Ready(r) => r,
-        Poll::Pending => tokio::select! {
-            biased;
-            r = &mut write => r,
-            _ = shutdown.cancelled() => return Err(End::new(CloseReason::GoingAway)),
-            _ = sub.overflowed() => return Err(End::new(CloseReason::Overloaded)),
-            _ = tokio::time::sleep(write_timeout) => return Err(End::new(CloseReason::Abnormal)),
-        },
-    };
-    written.map_err(|_| End::new(CloseReason::Abnormal))
+    match futures_util::poll!(&mut write) {
+        Poll::Ready(r) => r.map_err(|_| End::new(CloseReason::Abnormal)),
+        // Boxed: a socket without room is rare, and the timer would size every socket's future.
+        Poll::Pending => {
+            Box::pin(async {
+                tokio::select! {
+                    biased;
+                    r = &mut write => r.map_err(|_| End::new(CloseReason::Abnormal)),
+                    _ = shutdown.cancelled() => Err(End::new(CloseReason::GoingAway)),
+                    _ = sub.overflowed() => Err(End::new(CloseReason::Overloaded)),
+                    _ = tokio::time::sleep(write_timeout) => Err(End::new(CloseReason::Abnormal)),
+                }
+            })
+            .await
+        }
+    }
 }
 
 /// The earlier of the next ping and the next heartbeat (if heartbeats are on).
@@ -481,7 +530,7 @@ fn read_error_reason(e: &WsError) -> CloseReason {
 
 /// The session future must be `Send` so the worker can spawn it on a multi-thread runtime.
 #[allow(dead_code)]
-fn assert_send(ctx: SessionCtx, ws: WebSocketStream<tokio::net::TcpStream>) {
+fn assert_send(ctx: SessionCtx, ws: WebSocketStream<Wire<tokio::net::TcpStream>>) {
     fn is_send<T: Send>(_: T) {}
     is_send(run(ws, ctx, CancellationToken::new()));
 }
@@ -493,7 +542,11 @@ mod tests {
     /// The size of the future `f` returns, without calling it.
     fn future_size<F, Fut>(_: F) -> usize
     where
-        F: FnOnce(WebSocketStream<tokio::net::TcpStream>, SessionCtx, CancellationToken) -> Fut,
+        F: FnOnce(
+            WebSocketStream<Wire<tokio::net::TcpStream>>,
+            SessionCtx,
+            CancellationToken,
+        ) -> Fut,
     {
         std::mem::size_of::<Fut>()
     }

@@ -34,13 +34,18 @@ pub const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// `WebSocketStream::from_raw_socket(io, Role::Server, Some(websocket_config(&config)))`.
 pub fn websocket_config(config: &Config) -> WebSocketConfig {
     let max_in = config.max_message_size;
-    let max_out = max_in.max(MIN_OUTGOING_BYTES);
+    let max_out = max_outgoing(config);
     WebSocketConfig::default()
         .read_buffer_size(READ_BUFFER_BYTES)
         .write_buffer_size(WRITE_BUFFER_BYTES)
         .max_write_buffer_size(WRITE_BUFFER_BYTES + max_out + FRAME_HEADER_BYTES)
         .max_message_size(Some(max_in))
         .max_frame_size(Some(max_in))
+}
+
+/// The largest outgoing message relayed: larger ones are skipped and counted (`too_large`).
+fn max_outgoing(config: &Config) -> usize {
+    config.max_message_size.max(MIN_OUTGOING_BYTES)
 }
 
 /// The timings and ws4redis options of the session loop (one per worker, shared).
@@ -59,6 +64,9 @@ pub struct Settings {
     pub close_timeout: Duration,
     /// See [`SUBSCRIBE_TIMEOUT`].
     pub subscribe_timeout: Duration,
+    /// Fanned-out messages with a longer body are skipped (counted as `too_large`): the bound
+    /// tungstenite's write buffer puts on everything else it sends.
+    pub max_outgoing: usize,
 }
 
 impl Settings {
@@ -71,6 +79,7 @@ impl Settings {
             ping_interval: Duration::from_secs(config.ping_interval.max(1)),
             close_timeout: CLOSE_TIMEOUT,
             subscribe_timeout: SUBSCRIBE_TIMEOUT,
+            max_outgoing: max_outgoing(config),
         }
     }
 }

@@ -40,7 +40,7 @@ pub async fn upgrade(app: Arc<App>, mut req: Request<Incoming>, _peer: Peer) -> 
                 match on_upgrade.await {
                     Ok(upgraded) => {
                         let ws = WebSocketStream::from_raw_socket(
-                            TokioIo::new(upgraded),
+                            super::Wire::new(TokioIo::new(upgraded)),
                             Role::Server,
                             Some(websocket_config(&app2.config)),
                         )

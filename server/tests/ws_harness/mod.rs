@@ -230,7 +230,7 @@ impl Host {
             }
         };
         let ws = tokio_tungstenite::accept_hdr_async_with_config(
-            tcp,
+            wsredis::ws::Wire::new(tcp),
             callback,
             Some(websocket_config(&self.config)),
         )

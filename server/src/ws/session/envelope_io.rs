@@ -22,13 +22,14 @@ use crate::ws::close::End;
 use crate::ws::envelope;
 use crate::ws::recovery::{self, EnvelopeCtx, Resumed, Verdict};
 use crate::ws::stats::Stats;
+use crate::ws::wire::Wire;
 
 impl Session {
     /// Connect-time work of an envelope socket: per channel, recovery from the client's position
     /// (history channels) or the ws4redis replay as a `message` frame.
     pub(super) async fn resume<S>(
         &mut self,
-        ws: &mut WebSocketStream<S>,
+        ws: &mut WebSocketStream<Wire<S>>,
         env: &EnvelopeCtx,
     ) -> Result<(), End>
     where
@@ -110,7 +111,7 @@ impl Session {
     /// filled or reported first, duplicates dropped), then its shared envelope frame.
     pub(super) async fn deliver_envelope<S>(
         &mut self,
-        ws: &mut WebSocketStream<S>,
+        ws: &mut WebSocketStream<Wire<S>>,
         first: Delivery,
     ) -> Result<(), End>
     where

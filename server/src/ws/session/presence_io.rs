@@ -23,6 +23,7 @@ use crate::bus::{Delivery, Overflowed, Subscription};
 use crate::presence::{Joined, SESSION_LABEL};
 use crate::ws::close::End;
 use crate::ws::envelope;
+use crate::ws::wire::Wire;
 
 /// A session's presence: its entries and, for envelope sockets, the events it listens to.
 pub(super) struct Present {
@@ -66,7 +67,7 @@ impl Present {
 
 impl Session {
     /// Send the `presence` snapshot of each channel (envelope sockets of logged-in users).
-    pub(super) async fn announce<S>(&mut self, ws: &mut WebSocketStream<S>) -> Result<(), End>
+    pub(super) async fn announce<S>(&mut self, ws: &mut WebSocketStream<Wire<S>>) -> Result<(), End>
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
@@ -106,7 +107,7 @@ impl Session {
     /// presence scripts) and whatever else is queued.
     pub(super) async fn deliver_presence<S>(
         &mut self,
-        ws: &mut WebSocketStream<S>,
+        ws: &mut WebSocketStream<Wire<S>>,
         first: Delivery,
     ) -> Result<(), End>
     where
