@@ -651,3 +651,32 @@ async fn a_worker_out_of_files_refuses_instead_of_hanging() {
         "the worker was never replaced"
     );
 }
+
+/// A client that sends its first frame in the same write as its handshake (no wait for the
+/// 101): the bytes hyper read past the handshake reach the session, and the frame is published.
+#[tokio::test]
+async fn a_frame_sent_with_the_handshake_is_not_lost() {
+    use tokio::io::AsyncWriteExt;
+    let server = Server::start(&["--workers", "1"]);
+    let redis = server.redis.as_ref().unwrap();
+    let mut sub = connect(&server.base(), "/ws/eager?subscribe-broadcast", None)
+        .await
+        .unwrap();
+    assert!(
+        eventually(Duration::from_secs(5), || redis.numsub("broadcast:eager")
+            == 1)
+        .await
+    );
+    let addr = server.base().trim_start_matches("http://").to_owned();
+    let mut raw = format!(
+        "GET /ws/eager?publish-broadcast HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\n\
+         Connection: Upgrade\r\nSec-WebSocket-Key: {}\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        common::raw::KEY
+    )
+    .into_bytes();
+    raw.extend(common::raw::frame(true, 1, b"early bird"));
+    let mut s = TcpStream::connect(&addr).await.unwrap();
+    s.write_all(&raw).await.unwrap();
+    assert_eq!(next_text(&mut sub).await.as_deref(), Some("early bird"));
+    drop(s);
+}

@@ -24,7 +24,7 @@ use crate::auth::django::{Django, DjangoError};
 use crate::auth::{cookie, session};
 use crate::http::response::{self, Response};
 use crate::worker::App;
-use crate::worker::net::Peer;
+use crate::worker::net::{Peer, Stream};
 use crate::worker::state::Gauge;
 
 /// Answer a request under the websocket prefix: 101 and a spawned session, or an HTTP error.
@@ -39,15 +39,41 @@ pub async fn upgrade(app: Arc<App>, mut req: Request<Incoming>, _peer: Peer) -> 
                 let _gauge = gauge;
                 match on_upgrade.await {
                     Ok(upgraded) => {
-                        let ws = WebSocketStream::from_raw_socket(
-                            super::Wire::new(TokioIo::new(upgraded)),
-                            Role::Server,
-                            Some(websocket_config(&app2.config)),
-                        )
-                        .await;
-                        // Boxed so the task does not keep a second copy of the socket and
-                        // context beside the session's own (rustc lays the two out apart).
-                        Box::pin(super::run(ws, ctx, app2.shutdown.clone())).await;
+                        let config = Some(websocket_config(&app2.config));
+                        let shutdown = app2.shutdown.clone();
+                        // The worker's own socket, taken back from hyper's boxed one: every read
+                        // and write then skips two layers of dynamic dispatch, and the socket
+                        // drops hyper's buffers. Bytes the client sent after its handshake are
+                        // kept. (Any other io, should one ever be served, runs through hyper's.)
+                        match upgraded.downcast::<TokioIo<Stream>>() {
+                            Ok(parts) => {
+                                // `read_buf` is a slice of hyper's connection buffer (~8 KiB):
+                                // copied out and dropped here, not kept for the socket's life.
+                                let hyper::upgrade::Parts { io, read_buf, .. } = parts;
+                                let early = read_buf.to_vec();
+                                drop(read_buf);
+                                let ws = WebSocketStream::from_partially_read(
+                                    super::Wire::new(io.into_inner()),
+                                    early,
+                                    Role::Server,
+                                    config,
+                                )
+                                .await;
+                                // Boxed so the task does not keep a second copy of the socket
+                                // and context beside the session's own (rustc lays the two out
+                                // apart).
+                                Box::pin(super::run(ws, ctx, shutdown)).await;
+                            }
+                            Err(upgraded) => {
+                                let ws = WebSocketStream::from_raw_socket(
+                                    super::Wire::new(TokioIo::new(upgraded)),
+                                    Role::Server,
+                                    config,
+                                )
+                                .await;
+                                Box::pin(super::run(ws, ctx, shutdown)).await;
+                            }
+                        }
                     }
                     Err(e) => tracing::debug!(error = %e, "upgrade failed"),
                 }
