@@ -680,3 +680,35 @@ async fn a_frame_sent_with_the_handshake_is_not_lost() {
     assert_eq!(next_text(&mut sub).await.as_deref(), Some("early bird"));
     drop(s);
 }
+
+/// After a burst of 1000 websockets and a quiet second, the worker gives the handshakes' freed
+/// heap back (`worker/trim.rs`; what it saves is measured by `wsredis-stress idle`), and the
+/// sockets are untouched by it.
+#[tokio::test]
+async fn the_heap_is_trimmed_after_a_burst_of_websockets() {
+    let server = Server::start(&["--workers", "1", "--log", "debug"]);
+    let base = server.base();
+    let mut sockets = Vec::new();
+    for chunk in 0..10 {
+        let opened = futures_util::future::join_all(
+            (0..100).map(|_| connect(&base, "/ws/burst?subscribe-broadcast", None)),
+        )
+        .await;
+        for ws in opened {
+            sockets.push(ws.unwrap_or_else(|e| panic!("chunk {chunk}: {e}")));
+        }
+    }
+    assert!(!server.log_text().contains("heap trimmed"));
+    assert!(
+        eventually(Duration::from_secs(10), || server
+            .log_text()
+            .contains("heap trimmed after a burst of websockets"))
+        .await,
+        "no trim logged"
+    );
+    let redis = server.redis.as_ref().unwrap();
+    redis.cli(&["PUBLISH", "broadcast:burst", "after the trim"]);
+    for ws in sockets.iter_mut().step_by(97) {
+        assert_eq!(next_text(ws).await.as_deref(), Some("after the trim"));
+    }
+}

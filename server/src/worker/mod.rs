@@ -10,6 +10,7 @@ pub mod net;
 mod refuse;
 mod serve;
 pub mod state;
+mod trim;
 
 pub use serve::serve;
 pub use state::App;
@@ -87,6 +88,7 @@ pub fn main(id: usize, config: Config) -> ExitCode {
         };
         tokio::spawn(reopen_logs_on_usr1());
         tokio::spawn(export_metrics(app.clone()));
+        tokio::spawn(trim::after_bursts(app.clone()));
         // From now on siblings count this worker as one that takes connections.
         app.slot
             .pid
