@@ -37,7 +37,7 @@ use fred::types::{Builder, Expiration, Value};
 
 pub use history::{HistoryRead, HistoryRule, Position, Retention};
 pub use lua::{Call, Script};
-pub use payload::Payload;
+pub use payload::{Payload, text_wire};
 pub use registry::{BusStats, Delivery, Overflowed, Subscription};
 
 use crate::config::Config;

@@ -52,16 +52,10 @@ impl Payload {
     /// The complete server frame (header and payload, unmasked) as it goes on the wire,
     /// encoded by tungstenite: built once per message, then written to every socket as is.
     pub fn to_wire(&self) -> Bytes {
-        let (bytes, opcode) = match self {
-            Payload::Text(t) => (Bytes::from(t.clone()), OpData::Text),
-            Payload::Binary(b) => (b.clone(), OpData::Binary),
-        };
-        let frame = Frame::message(bytes, OpCode::Data(opcode), true);
-        let mut out = Vec::with_capacity(frame.len());
-        frame
-            .format(&mut out)
-            .expect("formatting into a Vec cannot fail");
-        Bytes::from(out)
+        match self {
+            Payload::Text(t) => wire(Bytes::from(t.clone()), OpData::Text),
+            Payload::Binary(b) => wire(b.clone(), OpData::Binary),
+        }
     }
 
     /// The websocket frame for this payload (a refcount clone, no copy).
@@ -71,6 +65,20 @@ impl Payload {
             Payload::Binary(b) => Message::Binary(b.clone()),
         }
     }
+}
+
+/// A text frame as it goes on the wire (envelopes, presence events, gap fills).
+pub fn text_wire(text: Utf8Bytes) -> Bytes {
+    wire(Bytes::from(text), OpData::Text)
+}
+
+fn wire(bytes: Bytes, opcode: OpData) -> Bytes {
+    let frame = Frame::message(bytes, OpCode::Data(opcode), true);
+    let mut out = Vec::with_capacity(frame.len());
+    frame
+        .format(&mut out)
+        .expect("formatting into a Vec cannot fail");
+    Bytes::from(out)
 }
 
 #[cfg(test)]

@@ -28,7 +28,7 @@ use tokio::sync::{Notify, mpsc};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use super::history::Position;
-use super::payload::Payload;
+use super::payload::{Payload, text_wire};
 use super::queue::{Pushed, Queue};
 
 /// Counters of one worker's bus; read by the metrics exporter.
@@ -64,8 +64,8 @@ pub struct Fanned {
     pub arrived: Instant,
     /// The channel's audience label (`broadcast`, `user:U`, …), as given at subscribe.
     label: Arc<str>,
-    /// The envelope frame, built by the first envelope socket that needs it.
-    frame: OnceLock<Utf8Bytes>,
+    /// The envelope frame on the wire, built by the first envelope socket that needs it.
+    frame: OnceLock<Bytes>,
     /// The plain websocket frame on the wire, built by the first socket that needs it.
     wire: OnceLock<Bytes>,
 }
@@ -108,10 +108,10 @@ impl Delivery {
         &self.0.label
     }
 
-    /// The message's envelope frame: `build` runs at most once per message and worker, every
-    /// other socket gets a refcount clone.
-    pub fn shared_frame(&self, build: impl FnOnce(&Delivery) -> Utf8Bytes) -> Utf8Bytes {
-        self.0.frame.get_or_init(|| build(self)).clone()
+    /// The message's envelope frame, encoded for the wire: `build` (the envelope's text) runs
+    /// at most once per message and worker, every other socket gets a refcount clone.
+    pub fn shared_frame(&self, build: impl FnOnce(&Delivery) -> Utf8Bytes) -> Bytes {
+        self.0.frame.get_or_init(|| text_wire(build(self))).clone()
     }
 
     /// The body as one complete websocket frame (header and payload), encoded by the first
@@ -416,11 +416,7 @@ mod tests {
         };
         let (fa, fb) = (da.shared_frame(build), db.shared_frame(build));
         assert_eq!(built.load(Ordering::Relaxed), 1);
-        assert_eq!(fa.as_str(), "broadcast:1");
-        assert_eq!(
-            fa.as_str().as_ptr(),
-            fb.as_str().as_ptr(),
-            "one buffer, shared"
-        );
+        assert_eq!(fa, text_wire(Utf8Bytes::from_static("broadcast:1")));
+        assert_eq!(fa.as_ptr(), fb.as_ptr(), "one buffer, shared");
     }
 }

@@ -376,23 +376,23 @@ impl Session {
                 }
             }
         });
-        let write = async {
-            // tungstenite's buffer (a pong it owes, say) goes first: encoded frames are only
-            // added at a frame boundary.
-            ws.flush().await?;
-            let wire = ws.get_mut();
-            let mut sent = 0u64;
-            for frame in frames {
-                wire.push(frame);
-                sent += 1;
-            }
-            std::future::poll_fn(|cx| wire.poll_drain(cx)).await?;
-            Ok::<_, WsError>(sent)
-        };
         let write_timeout = ctx.settings.ping_interval * 2;
-        let sent = bounded(write, write_timeout, shutdown, sub).await?;
+        let sent = write_wire(ws, frames, write_timeout, shutdown, sub).await?;
         Stats::add(&stats.delivered, sent);
         Ok(())
+    }
+
+    /// Write encoded frames with one flush; see [`write_wire`].
+    async fn send_wire<S>(
+        &mut self,
+        ws: &mut WebSocketStream<Wire<S>>,
+        frames: Vec<Bytes>,
+    ) -> Result<u64, End>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let write_timeout: Duration = self.ctx.settings.ping_interval * 2;
+        write_wire(ws, frames, write_timeout, &self.shutdown, &self.sub).await
     }
 
     async fn heartbeat<S>(&mut self, ws: &mut WebSocketStream<Wire<S>>) -> Result<(), End>
@@ -482,6 +482,34 @@ where
             }
         }
         ws.flush().await.map(|()| written)
+    };
+    bounded(write, write_timeout, shutdown, sub).await
+}
+
+/// Write frames already encoded for the wire (shared by every socket that gets them) through
+/// [`Wire`], after whatever tungstenite holds (a pong it owes goes first: frames are only added
+/// at a frame boundary), within the bounds of [`bounded`]. Returns how many were written.
+async fn write_wire<S, I>(
+    ws: &mut WebSocketStream<Wire<S>>,
+    frames: I,
+    write_timeout: Duration,
+    shutdown: &CancellationToken,
+    sub: &Subscription,
+) -> Result<u64, End>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    I: IntoIterator<Item = Bytes>,
+{
+    let write = async {
+        ws.flush().await?;
+        let wire = ws.get_mut();
+        let mut sent = 0u64;
+        for frame in frames {
+            wire.push(frame);
+            sent += 1;
+        }
+        std::future::poll_fn(|cx| wire.poll_drain(cx)).await?;
+        Ok::<_, WsError>(sent)
     };
     bounded(write, write_timeout, shutdown, sub).await
 }

@@ -12,12 +12,13 @@
 
 use std::sync::Arc;
 
+use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 use super::{MAX_BATCH, Session};
-use crate::bus::{Delivery, Position};
+use crate::bus::{Delivery, Position, text_wire};
 use crate::ws::close::End;
 use crate::ws::envelope;
 use crate::ws::recovery::{self, EnvelopeCtx, Resumed, Verdict};
@@ -117,7 +118,7 @@ impl Session {
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
-        let mut frames: Vec<Message> = Vec::new();
+        let mut frames: Vec<Bytes> = Vec::new();
         let mut sent = 0u64;
         let mut arrivals = Vec::new();
         let mut next = Some(first);
@@ -137,7 +138,7 @@ impl Session {
         if frames.is_empty() {
             return Ok(());
         }
-        self.send_all(ws, frames).await?;
+        self.send_wire(ws, frames).await?;
         Stats::add(&self.ctx.stats.delivered, sent);
         // One clock read per batch.
         let now = std::time::Instant::now();
@@ -155,7 +156,7 @@ impl Session {
     async fn admit_envelope(
         &mut self,
         d: Delivery,
-        frames: &mut Vec<Message>,
+        frames: &mut Vec<Bytes>,
         sent: &mut u64,
         arrivals: &mut Vec<std::time::Instant>,
     ) -> bool {
@@ -188,7 +189,7 @@ impl Session {
                 } else {
                     Stats::inc(&stats.recovery_failed);
                 }
-                frames.extend(fill.into_iter().map(Message::Text));
+                frames.extend(fill.into_iter().map(text_wire));
                 self.tracker.advance(&d.channel, pos);
             }
             (Verdict::NewEpoch, Some(pos)) => {
@@ -197,7 +198,7 @@ impl Session {
                     offset: pos.offset.saturating_sub(1),
                 };
                 Stats::inc(&stats.recovery_failed);
-                frames.push(Message::Text(envelope::recovery_failed(d.label(), &before)));
+                frames.push(text_wire(envelope::recovery_failed(d.label(), &before)));
                 self.tracker.advance(&d.channel, pos);
             }
         }
@@ -208,10 +209,14 @@ impl Session {
             Stats::inc(&stats.echo_suppressed);
             return read_history;
         }
+        if d.payload.len() > self.ctx.settings.max_outgoing {
+            Stats::inc(&stats.too_large);
+            return read_history;
+        }
         let frame = d.shared_frame(|d| {
             envelope::message(d.label(), d.payload.as_bytes(), d.position.as_ref())
         });
-        frames.push(Message::Text(frame));
+        frames.push(frame);
         *sent += 1;
         arrivals.push(d.arrived);
         read_history

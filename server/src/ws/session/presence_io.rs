@@ -113,13 +113,13 @@ impl Session {
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
-        let mut frames = vec![first.payload.to_message()];
+        let mut frames = vec![first.wire_frame()];
         if let Some((sub, _)) = self.present.as_mut().and_then(|p| p.events.as_mut()) {
             while frames.len() < super::MAX_BATCH {
                 let Some(d) = sub.try_recv() else { break };
-                frames.push(d.payload.to_message());
+                frames.push(d.wire_frame());
             }
         }
-        self.send_all(ws, frames).await
+        self.send_wire(ws, frames).await.map(|_| ())
     }
 }
