@@ -587,7 +587,7 @@ mod tests {
     /// paths (replay, recovery, gap reads, publish, the closing handshake) are boxed so they do
     /// not size it, nor do the rarer arms of the main loop (frames from the client, heartbeats,
     /// pings, presence events, envelope deliveries). A path awaited inline once made it 10 KiB
-    /// (3.4 KiB with the rare paths boxed, 2.6 KiB with the rare arms too).
+    /// (3.4 KiB with the rare paths boxed, 2.7 KiB with the rare arms too).
     #[test]
     fn the_session_future_stays_small() {
         let size = future_size(run::<tokio::net::TcpStream>);
