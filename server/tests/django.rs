@@ -250,14 +250,17 @@ async fn foreign_key_and_expired_sessions_are_anonymous() {
         .unwrap_err();
     assert!(err.contains("403"), "{err}");
 
-    // Expired: set_expiry(1), then past expire_date.
-    let short = site.manage(&["wsfixture", "login", "john", "--expiry", "1"]);
+    // Expired: set_expiry(4), then past expire_date. The session is written before `manage`
+    // returns, so it has expired 4 s after that; 4 s leave room for a slow Python exit (with
+    // 1 s, a loaded CI machine once saw it expire before the first connect).
+    let short = site.manage(&["wsfixture", "login", "john", "--expiry", "4"]);
+    let written = tokio::time::Instant::now();
     assert!(
         connect(&server.base(), "/ws/chat?subscribe-user", Some(&short))
             .await
             .is_ok()
     );
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    tokio::time::sleep_until(written + Duration::from_millis(4100)).await;
     let err = connect(&server.base(), "/ws/chat?subscribe-user", Some(&short))
         .await
         .unwrap_err();
