@@ -60,8 +60,31 @@ pub fn nofile_hard() -> u64 {
         .map_or(1024, |(_, hard)| hard)
 }
 
-/// A free TCP port on 127.0.0.1.
+/// A free TCP port on 127.0.0.1 for a server the tool starts (bound, then released),
+/// preferably below the kernel's ephemeral range: a port from that range can become the local
+/// port of some other process's outgoing connection before our server binds it (tests running
+/// beside each other open thousands).
 pub fn free_port() -> std::io::Result<u16> {
+    const LOW: u32 = 10_000;
+    let high = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32_768)
+        .clamp(LOW + 1_000, 65_535);
+    let mut state = std::process::id()
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+    for _ in 0..1000 {
+        // xorshift: enough to spread processes and calls over the range.
+        state ^= state << 13;
+        state ^= state >> 17;
+        state ^= state << 5;
+        let port = (LOW + state % (high - LOW)) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
