@@ -53,7 +53,8 @@ impl<S> Wire<S> {
     }
 
     /// Bytes queued and not yet written.
-    pub fn pending(&self) -> usize {
+    #[cfg(test)]
+    fn pending(&self) -> usize {
         self.frames.iter().map(Bytes::len).sum()
     }
 }
