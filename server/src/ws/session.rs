@@ -376,8 +376,7 @@ impl Session {
                 }
             }
         });
-        let write_timeout = ctx.settings.ping_interval * 2;
-        let sent = write_wire(ws, frames, write_timeout, shutdown, sub).await?;
+        let sent = write_wire(ws, frames, ctx.settings.write_timeout(), shutdown, sub).await?;
         Stats::add(&stats.delivered, sent);
         Ok(())
     }
@@ -391,7 +390,7 @@ impl Session {
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
-        let write_timeout: Duration = self.ctx.settings.ping_interval * 2;
+        let write_timeout = self.ctx.settings.write_timeout();
         write_wire(ws, frames, write_timeout, &self.shutdown, &self.sub).await
     }
 
@@ -425,11 +424,10 @@ impl Session {
         S: AsyncRead + AsyncWrite + Unpin,
         I: IntoIterator<Item = Message>,
     {
-        let write_timeout: Duration = self.ctx.settings.ping_interval * 2;
         write_frames(
             ws,
             msgs,
-            write_timeout,
+            self.ctx.settings.write_timeout(),
             &self.ctx.stats,
             &self.shutdown,
             &self.sub,

@@ -82,4 +82,10 @@ impl Settings {
             max_outgoing: max_outgoing(config),
         }
     }
+
+    /// How long a write to a socket may take before the socket is given up on: two ping
+    /// intervals, like a silent client.
+    pub fn write_timeout(&self) -> Duration {
+        self.ping_interval * 2
+    }
 }

@@ -202,15 +202,7 @@ impl Session {
                 self.tracker.advance(&d.channel, pos);
             }
         }
-        if d.payload.is_empty() {
-            return read_history;
-        }
-        if self.echo.is_own(&d.channel, d.payload.as_bytes()) {
-            Stats::inc(&stats.echo_suppressed);
-            return read_history;
-        }
-        if d.payload.len() > self.ctx.settings.max_outgoing {
-            Stats::inc(&stats.too_large);
+        if !super::admit(&mut self.echo, &stats, &d, self.ctx.settings.max_outgoing) {
             return read_history;
         }
         let frame = d.shared_frame(|d| {
